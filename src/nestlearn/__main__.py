@@ -1,0 +1,3 @@
+from nestlearn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""nestlearn.eval (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""nestlearn.layers (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""nestlearn.models (see the package docstring)."""

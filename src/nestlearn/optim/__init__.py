@@ -1,0 +1,1 @@
+"""nestlearn.optim (see the package docstring)."""

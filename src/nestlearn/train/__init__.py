@@ -1,0 +1,1 @@
+"""nestlearn.train (see the package docstring)."""
