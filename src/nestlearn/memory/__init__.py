@@ -1,0 +1,19 @@
+"""Associative-memory update rules as pure tensor functions (NL sections 1-2, 4-5; Titans 3).
+
+Two implementations of one rule family with one signature and one result:
+
+- :func:`memory_reference`: a plain token-by-token loop, the executable specification;
+- :func:`memory_chunked`: the chunk-parallel fast path (use this one).
+
+Memories: ``"linear"`` (a matrix) and the 2-layer MLP of Eq. 89 (``"residual_mlp"``, or
+``"mlp"`` without the skip). Objectives: ``"dot"`` (Hebbian; with a linear memory this is linear
+attention, Eq. 14-18) and ``"l2"`` (the delta rule). Update rules: ``"gd"`` and ``"dgd"`` (Delta
+Gradient Descent, Eq. 57/88), with optional per-token retention ``alpha`` and momentum ``beta``
+(Titans Eq. 13-14). The derivation of the fast path is in ``memory/README.md``.
+"""
+
+from nestlearn.memory.chunked import memory_chunked
+from nestlearn.memory.reference import memory_reference
+from nestlearn.memory.state import MemoryState
+
+__all__ = ["MemoryState", "memory_chunked", "memory_reference"]

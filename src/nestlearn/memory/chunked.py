@@ -1,0 +1,283 @@
+"""Chunk-parallel associative-memory update rules (the fast path of ``reference.py``).
+
+Same signature and same results as :func:`nestlearn.memory.memory_reference`. With the inner
+gradients of a chunk frozen at the chunk-start weights (decision D2), a chunk is a *linear*
+recurrence in the weights, ``W_t = W_{t-1} A_t + S_t``, so:
+
+1. everything that depends only on the rates and keys (decay products, momentum sums, the WY/UT
+   factors of the DGD products) is computed for all chunks at once (``_coefficients``);
+2. a short loop over chunks computes each chunk's inner gradients at its start weights, in closed
+   form and batched over the chunk's tokens, and jumps to the chunk's end state with a few
+   matrix products (``_advance``);
+3. reads are batched over all chunks after the loop (``_read_chunk_start`` / ``_read_per_token``).
+
+The derivation, with equation numbers, is in ``memory/README.md`` (sections 2-5).
+Dimension legend: see ``_core``; N chunks in a group, L tokens per chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nestlearn.memory import _core
+from nestlearn.memory.state import MemoryState
+
+__all__ = ["memory_chunked"]
+
+
+def memory_chunked(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    alpha: Tensor | None = None,
+    beta: Tensor | None = None,
+    *,
+    memory: _core.MemoryKind = "linear",
+    objective: _core.Objective = "l2",
+    rule: _core.Rule = "gd",
+    chunk_size: int = 16,
+    read: _core.Read = "chunk_start",
+    initial_state: MemoryState | None = None,
+    write_grad: _core.WriteGrad = "full",
+) -> tuple[Tensor, MemoryState]:
+    """Write ``(k, v)`` pairs into an associative memory chunk by chunk and read it at ``q``.
+
+    Args:
+        q, k, v: queries, keys ``[B, T, H, Dk]`` and values ``[B, T, H, Dv]``.
+        lr: per-token inner learning rate eta_t ``[B, T, H]`` (Titans' theta_t).
+        alpha: per-token retention gate alpha_t ``[B, T, H]`` (> 0; Titans' 1 - alpha_t);
+            ``None`` means no retention (alpha = 1).
+        beta: per-token momentum factor ``[B, T, H]`` (> 0; Titans' eta_t); ``None`` means no
+            momentum.
+        memory: ``"linear"`` (a matrix, ``W k``), ``"residual_mlp"`` (Eq. 89,
+            ``k + W1 silu(W2 k)``) or ``"mlp"`` (the same without the skip, any value width).
+        objective: ``"dot"`` (Hebbian ``-<M(k), v>``, Eq. 14-18) or ``"l2"``
+            (``1/2 ||M(k) - v||^2``, the delta rule).
+        rule: ``"gd"`` (gradient descent, with momentum/retention when given) or ``"dgd"``
+            (Delta Gradient Descent, Eq. 57/88: the input-side weight is right-multiplied by
+            ``alpha I - eta' k k^T`` with ``eta' = eta / (1 + eta ||k||^2)``, which is also the
+            gradient step).
+        chunk_size: C; inner gradients of a chunk are taken at the chunk-start weights. C = 1
+            is exact online learning.
+        read: ``"chunk_start"`` (Eq. 90: token t reads the weights at the start of its chunk) or
+            ``"per_token"`` (dual form: token t reads ``W_t``, after its own write; rule
+            ``"gd"`` only).
+        initial_state: the state to continue from (weights may be ``[H, O, I]``, shared across
+            the batch, or ``[B, H, O, I]``). ``None`` is an all-zero linear memory; the MLP
+            memories need one. Gradients flow into it (decision D3).
+        write_grad: ``"full"`` backpropagates through every write; ``"detach"`` cuts the graph
+            at chunk boundaries (truncated backpropagation through the stream).
+
+    Returns:
+        ``(o, state)``: reads ``[B, T, H, Dv]`` and the :class:`MemoryState` to continue from.
+    """
+    a = _core.check_args(
+        q, k, v, lr, alpha, beta, memory=memory, objective=objective, rule=rule,
+        chunk_size=chunk_size, read=read, initial_state=initial_state, write_grad=write_grad,
+    )
+    st = a.state
+    B, H, T, _ = a.k.shape
+    C = chunk_size
+    if T == 0:
+        return _core.to_public(a.v, a.out_dtype), st
+    eta = _core.effective_lr(a)  # [B, H, T]
+    log_alpha = _core.log_or_zero(a.alpha, eta)
+    log_beta = None if a.beta is None else torch.log(a.beta)
+    with_momentum = log_beta is not None
+
+    # Segments: the rest of a chunk begun by an earlier call, full chunks, then a partial tail.
+    head = min((C - st.offset) % C, T)
+    n_full = (T - head) // C
+    tail = T - head - n_full * C
+    groups = [(s, n, L) for s, n, L in ((0, 1, head), (head, n_full, C),
+                                          (head + n_full * C, 1, tail)) if n and L]
+
+    W = st.weights
+    S = (st.momentum or tuple(torch.zeros_like(w) for w in W)) if with_momentum else None
+    outs = []
+    Wc = st.chunk_start
+    for start, n, L in groups:
+        sl = slice(start, start + n * L)
+
+        def chunks(x: Tensor | None) -> Tensor | None:  # [B, H, n*L, ...] -> [B, H, n, L, ...]
+            return None if x is None else x[:, :, sl].unflatten(2, (n, L))
+
+        Kg, Vg, Qg = chunks(a.k), chunks(a.v), chunks(a.q)
+        co = _coefficients(
+            chunks(log_alpha), chunks(log_beta), chunks(eta), Kg,
+            dgd=rule == "dgd", per_token=read == "per_token",
+        )
+        per_chunk = _unbind_chunks(co, Kg, Vg)
+        saved = []  # what the reads need from each chunk
+        for c_idx, (co_c, K_c, V_c) in enumerate(per_chunk):
+            continuing = start == 0 and st.offset > 0  # head segment: W_c != W_prev
+            Wc = st.chunk_start if continuing else W
+            grad = _core.inner_grad(memory, objective, Wc, K_c, V_c)
+            W_prev, S_prev = W, S
+            W, S = _advance(memory, rule, W_prev, S_prev, grad, K_c, co_c,
+                            same_start=not continuing)
+            saved.append((Wc, W_prev, S_prev, grad))
+            completes = st.offset + L == C if continuing else L == C
+            if completes and write_grad == "detach":
+                W = tuple(w.detach() for w in W)
+                S = None if S is None else tuple(s.detach() for s in S)
+        if read == "chunk_start":
+            Wc_g = tuple(torch.stack(ws, dim=2) for ws in zip(*(s[0] for s in saved)))
+            outs.append(_core.apply_memory(memory, Wc_g, Qg))
+        else:
+            outs.append(_read_per_token(memory, Qg, Kg, saved, co))
+    o = torch.cat([x.flatten(2, 3) for x in outs], dim=2)  # [B, H, T, Dv]
+    offset = (st.offset + T) % C
+    final = MemoryState(weights=W, momentum=S, chunk_start=Wc if offset else W, offset=offset)
+    return _core.to_public(o, a.out_dtype), final
+
+
+@dataclass
+class _Coeffs:
+    """Per-chunk scalars and factors that depend only on rates and keys (README section 3-4).
+
+    Shapes: ``[B, H, N]`` for totals, ``[B, H, N, L]`` per token, ``[B, H, N, L, Dk]`` for the
+    DGD factors, ``[B, H, N, L, L]`` for the per-token read matrices.
+    """
+
+    decay_total: Tensor  # prod_{j<=L} alpha_j
+    eta_e: Tensor  # eta_i * e_i: weight of token i's gradient step in W_L
+    eta: Tensor  # eta_i (the effective step)
+    mom_r: Tensor | None = None  # r: weight of S_0 in W_L
+    mom_total: Tensor | None = None  # prod_{j<=L} beta_j
+    eta_b: Tensor | None = None  # eta_i * prod_{j>i} beta_j: weight of step i in S_L
+    dgd_z: Tensor | None = None  # Z of the WY form, T_{s,L} = alpha_{s,L} (I - K^T Z restricted)
+    dgd_y: Tensor | None = None  # eta-scaled Y: W_L gets - U^T Y
+    dgd_rho_z: Tensor | None = None  # diag(rho) Z: S_0 enters W_L as r S_0 - S_0 K^T rho Z
+    read_a: Tensor | None = None  # a_t = prod_{j<=t} alpha_j
+    read_c: Tensor | None = None  # c_t: weight of S_0 in W_t
+    read_d: Tensor | None = None  # D[t, i]: weight of step i in W_t (lower triangular)
+
+
+def _seg_exp(cum: Tensor) -> Tensor:
+    """``[..., L]`` cumulative log-sums -> ``[..., L, L]`` with ``[t, s] = exp(cum_t - cum_s)`` for
+    ``s <= t`` (the product of the factors ``s+1..t``) and 0 above the diagonal."""
+    L = cum.shape[-1]
+    diff = cum[..., :, None] - cum[..., None, :]
+    mask = torch.ones(L, L, dtype=torch.bool, device=cum.device).tril()
+    return diff.masked_fill(~mask, float("-inf")).exp()
+
+
+def _coefficients(log_alpha, log_beta, eta, k, *, dgd: bool, per_token: bool) -> _Coeffs:
+    la = log_alpha.cumsum(-1)  # [B, H, N, L]
+    amat = _seg_exp(la)  # [t, s] = alpha_{s,t} = prod_{j=s+1..t} alpha_j
+    a_end = amat[..., -1, :]  # alpha_{s,L}
+    e = a_end  # e_i = sum_s alpha_{s,L} B_{s,i}; B = I without momentum
+    bmat = None
+    if log_beta is not None:
+        lb = log_beta.cumsum(-1)
+        bmat = _seg_exp(lb)  # [s, i] = B_{s,i} = prod_{j=i+1..s} beta_j
+        b0 = lb.exp()  # B_{s,0}
+        e = (a_end[..., :, None] * bmat).sum(-2)
+    co = _Coeffs(decay_total=la[..., -1].exp(), eta_e=eta * e, eta=eta)
+    if bmat is not None:
+        co.mom_r = (a_end * b0).sum(-1)
+        co.mom_total = b0[..., -1]
+        co.eta_b = eta * bmat[..., -1, :]
+    if dgd:
+        L = la.shape[-1]
+        # E[s, i] = B_{s,i} alpha_{s,L};  F[i, j] = sum_{s=i}^{j-1} E[s, i]  (README eq. 4.6)
+        E = torch.diag_embed(a_end) if bmat is None else a_end[..., :, None] * bmat
+        cum_e = E.cumsum(-2)
+        F_ji = torch.cat([torch.zeros_like(cum_e[..., :1, :]), cum_e[..., :-1, :]], dim=-2)
+        kk_upper = (k @ k.transpose(-1, -2)).triu(1)  # [i, j] = k_i . k_j for j > i
+        gamma = eta / log_alpha.exp()  # eta' / alpha
+        eye = torch.eye(L, dtype=k.dtype, device=k.device)
+        z = torch.linalg.solve_triangular(
+            eye + gamma[..., :, None] * kk_upper, gamma[..., None] * k, upper=True,
+            unitriangular=True,
+        )  # (I + diag(gamma) triu(K K^T, 1)) Z = diag(gamma) K
+        y = e[..., None] * k - (kk_upper * F_ji.transpose(-1, -2)) @ z
+        co.dgd_z = z
+        co.dgd_y = eta[..., None] * y
+        if bmat is not None:
+            w = b0 * a_end
+            co.dgd_rho_z = (w.cumsum(-1) - w)[..., None] * z  # rho_j = sum_{s<j} B_s alpha_{s,L}
+    if per_token:
+        co.read_a = la.exp()
+        co.read_d = amat if bmat is None else amat @ bmat
+        if bmat is not None:
+            co.read_c = (amat @ b0[..., None]).squeeze(-1)
+    return co
+
+
+def _unbind_chunks(co: _Coeffs, K: Tensor, V: Tensor):
+    """Split the group's tensors into per-chunk views (one unbind per tensor, not per chunk)."""
+    fields = ("decay_total", "eta_e", "mom_r", "mom_total", "eta_b", "dgd_z", "dgd_y",
+              "dgd_rho_z")
+    cols = {f: getattr(co, f).unbind(2) for f in fields if getattr(co, f) is not None}
+    n = K.shape[2]
+    return [
+        ({f: c[i] for f, c in cols.items()}, K_c, V_c)
+        for i, K_c, V_c in zip(range(n), K.unbind(2), V.unbind(2))
+    ]
+
+
+def _advance(memory, rule, W, S, grad: _core.InnerGrad, K, co: dict, *, same_start: bool):
+    """Jump from the state before a chunk to the state after it (README section 3-4).
+
+    ``W``/``S`` are the weights/momentum before the chunk; ``grad`` holds the chunk's per-token
+    gradient factors taken at the chunk-start weights.
+    """
+    w_in = _core.input_side(memory)
+    dt = co["decay_total"][..., None, None]
+    new_W, new_S = [], []
+    for i, (W_i, u, x) in enumerate(zip(W, grad.us, grad.xs)):
+        u_t = u.transpose(-1, -2)  # [B, H, O, L]
+        if rule == "dgd" and i == w_in:
+            kp = grad.key_proj if same_start else K @ W_i.transpose(-1, -2)
+            Wn = dt * (W_i - kp.transpose(-1, -2) @ co["dgd_z"]) - u_t @ co["dgd_y"]
+            if S is not None:
+                Wn = Wn + co["mom_r"][..., None, None] * S[i] - (
+                    S[i] @ K.transpose(-1, -2)) @ co["dgd_rho_z"]
+        else:
+            Wn = dt * W_i - u_t @ (co["eta_e"][..., None] * x)
+            if S is not None:
+                Wn = Wn + co["mom_r"][..., None, None] * S[i]
+        new_W.append(Wn)
+        if S is not None:
+            new_S.append(co["mom_total"][..., None, None] * S[i]
+                         - u_t @ (co["eta_b"][..., None] * x))
+    return tuple(new_W), (tuple(new_S) if S is not None else None)
+
+
+def _linear_read(query, W, S, u, x, co: _Coeffs) -> Tensor:
+    """Dual-form read of one weight matrix at every token of the chunks (README section 5):
+    ``W_t q_t = a_t W_0 q_t + c_t S_0 q_t - sum_{i<=t} D[t, i] eta_i (x_i . q_t) u_i``."""
+    out = co.read_a[..., None] * (query @ W.transpose(-1, -2))
+    if S is not None:
+        out = out + co.read_c[..., None] * (query @ S.transpose(-1, -2))
+    scores = (query @ x.transpose(-1, -2)) * co.read_d * co.eta[..., None, :]
+    return out - scores @ u
+
+
+def _read_per_token(memory, Q, K, saved, co: _Coeffs) -> Tensor:
+    def stack(pick) -> tuple[Tensor, ...] | None:
+        items = [pick(s) for s in saved]
+        if items[0] is None:
+            return None
+        return tuple(torch.stack(ts, dim=2) for ts in zip(*items))
+
+    W = stack(lambda s: s[1])
+    S = stack(lambda s: s[2])
+    us = stack(lambda s: s[3].us)
+    xs = stack(lambda s: s[3].xs)
+
+    def mom(i: int) -> Tensor | None:
+        return None if S is None else S[i]
+
+    if memory == "linear":
+        return _linear_read(Q, W[0], mom(0), us[0], xs[0], co)
+    h = _linear_read(Q, W[1], mom(1), us[1], xs[1], co)  # W2_t q_t
+    y = _linear_read(F.silu(h), W[0], mom(0), us[0], xs[0], co)  # W1_t silu(W2_t q_t)
+    return Q + y if memory == "residual_mlp" else y

@@ -1,0 +1,94 @@
+"""Token-by-token reference of the associative-memory update rules: the executable specification.
+
+A plain loop over tokens that does, for token t of chunk j (decision D2, Titans Eq. 13-16,
+NL Eq. 57/88/90):
+
+    W_c  = weights at the end of chunk j-1                      (gradients frozen at chunk start)
+    g_t  = grad_W  L(W_c; k_t, v_t)                            (autograd, torch.func.grad)
+    eta  = lr_t, or lr_t / (1 + lr_t ||k_t||^2) for DGD          (Sherman-Morrison step, Eq. 57)
+    S_t  = beta_t S_{t-1} - eta g_t       (momentum; S_t = -eta g_t without it)
+    W_t  = W_{t-1} A_t + S_t,  A_t = alpha_t I, or alpha_t I - eta k_t k_t^T on the input-side
+                                          weight for DGD (Eq. 88, decision D5)
+    read = M(W_c; q_t)  for read="chunk_start" (Eq. 90),  M(W_t; q_t)  for read="per_token".
+
+With ``chunk_size=1`` this is exact online learning. It is deliberately slow and obvious; the
+fast path in ``chunked.py`` must reproduce it (outputs, final state and gradients).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from nestlearn.memory import _core
+from nestlearn.memory.state import MemoryState
+
+__all__ = ["memory_reference"]
+
+
+def memory_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    alpha: Tensor | None = None,
+    beta: Tensor | None = None,
+    *,
+    memory: _core.MemoryKind = "linear",
+    objective: _core.Objective = "l2",
+    rule: _core.Rule = "gd",
+    chunk_size: int = 16,
+    read: _core.Read = "chunk_start",
+    initial_state: MemoryState | None = None,
+    write_grad: _core.WriteGrad = "full",
+) -> tuple[Tensor, MemoryState]:
+    """Token-by-token reference; same signature and results as :func:`memory_chunked`."""
+    a = _core.check_args(
+        q, k, v, lr, alpha, beta, memory=memory, objective=objective, rule=rule,
+        chunk_size=chunk_size, read=read, initial_state=initial_state, write_grad=write_grad,
+    )
+    st = a.state
+    W, Wc = list(st.weights), list(st.chunk_start)
+    S = None
+    if a.beta is not None:
+        S = list(st.momentum) if st.momentum is not None else [torch.zeros_like(w) for w in W]
+    offset = st.offset
+    lr_eff = _core.effective_lr(a)  # [B, H, T]
+    w_in = _core.input_side(memory)
+
+    def inner_loss(weights: tuple[Tensor, ...], k_t: Tensor, v_t: Tensor) -> Tensor:
+        return _core.objective_loss(objective, _core.apply_memory(memory, weights, k_t), v_t)
+
+    inner_grad = torch.func.grad(inner_loss)
+    outs = []
+    for t in range(a.k.shape[2]):
+        if offset == 0:
+            Wc = list(W)
+        q_t, k_t, v_t = a.q[:, :, t, None], a.k[:, :, t, None], a.v[:, :, t, None]  # [B,H,1,D]
+        g = inner_grad(tuple(Wc), k_t, v_t)
+        eta = lr_eff[:, :, t, None, None]  # [B, H, 1, 1]
+        ret = 1.0 if a.alpha is None else a.alpha[:, :, t, None, None]
+        for i in range(len(W)):
+            step = -eta * g[i]
+            if S is not None:
+                S[i] = a.beta[:, :, t, None, None] * S[i] + step
+                step = S[i]
+            if rule == "dgd" and i == w_in:
+                # W (alpha I - eta k k^T) = alpha W - eta (W k) k^T
+                W[i] = ret * W[i] - eta * (W[i] @ k_t.transpose(-1, -2)) @ k_t + step
+            else:
+                W[i] = ret * W[i] + step
+        read_from = Wc if read == "chunk_start" else W
+        outs.append(_core.apply_memory(memory, tuple(read_from), q_t))
+        offset = (offset + 1) % chunk_size
+        if offset == 0 and write_grad == "detach":
+            W = [w.detach() for w in W]
+            S = None if S is None else [s.detach() for s in S]
+    o = torch.cat(outs, dim=2) if outs else a.v.new_zeros(a.v.shape)
+    final = MemoryState(
+        weights=tuple(W),
+        momentum=None if S is None else tuple(S),
+        chunk_start=tuple(Wc) if offset else tuple(W),
+        offset=offset,
+    )
+    return _core.to_public(o, a.out_dtype), final

@@ -1,0 +1,85 @@
+"""The carried state of an associative memory (see ``memory/README.md`` section 2).
+
+Dimension legend: B batch, H heads, O / I the output / input width of one weight matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+__all__ = ["MemoryState"]
+
+
+@dataclass(frozen=True)
+class MemoryState:
+    """Everything a memory needs to continue a stream exactly where it stopped.
+
+    Weights are the memory's fast weights, one ``[B, H, O, I]`` tensor per weight matrix:
+    ``(W,)`` for the linear memory (``W: [B, H, Dv, Dk]``) and ``(W1, W2)`` for the 2-layer MLP
+    memory ``M(x) = [x +] W1 silu(W2 x)`` of Eq. 89 (``W1: [B, H, Dv, Dh]``, ``W2: [B, H, Dh, Dk]``).
+
+    Attributes:
+        weights: the fast weights after the last token written.
+        momentum: the momentum ``S`` of each weight (Titans Eq. 13-14), or ``None`` when the rule
+            has no momentum.
+        chunk_start: the weights at the start of the current chunk. Inner gradients and
+            ``read="chunk_start"`` reads of a chunk use them (decision D2), so a stream split in
+            the middle of a chunk continues exactly.
+        offset: how many tokens of the current chunk are already written (``0 <= offset < C``);
+            ``0`` means the next token starts a new chunk and ``chunk_start`` equals ``weights``.
+    """
+
+    weights: tuple[Tensor, ...]
+    momentum: tuple[Tensor, ...] | None = None
+    chunk_start: tuple[Tensor, ...] | None = None
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.weights, tuple) or not all(
+            isinstance(w, Tensor) for w in self.weights
+        ):
+            raise TypeError("MemoryState.weights must be a tuple of tensors")
+        if self.chunk_start is None:
+            object.__setattr__(self, "chunk_start", self.weights)
+        if self.momentum is not None and len(self.momentum) != len(self.weights):
+            raise ValueError("MemoryState.momentum must have one tensor per weight")
+        if len(self.chunk_start) != len(self.weights):
+            raise ValueError("MemoryState.chunk_start must have one tensor per weight")
+        if self.offset < 0:
+            raise ValueError(f"MemoryState.offset must be >= 0, got {self.offset}")
+
+    @classmethod
+    def zeros_linear(
+        cls, batch: int, heads: int, key_dim: int, value_dim: int, **tensor_kwargs
+    ) -> MemoryState:
+        """An empty linear memory ``W = 0`` of shape ``[batch, heads, value_dim, key_dim]``."""
+        return cls(weights=(torch.zeros(batch, heads, value_dim, key_dim, **tensor_kwargs),))
+
+    def detach(self) -> MemoryState:
+        """The same state cut from the autograd graph (truncated backpropagation)."""
+
+        def cut(ts: tuple[Tensor, ...] | None) -> tuple[Tensor, ...] | None:
+            return None if ts is None else tuple(t.detach() for t in ts)
+
+        return replace(
+            self,
+            weights=cut(self.weights),
+            momentum=cut(self.momentum),
+            chunk_start=cut(self.chunk_start),
+        )
+
+    def map(self, fn) -> MemoryState:
+        """Apply ``fn`` to every tensor (e.g. ``state.map(lambda t: t[idx])`` to select rows)."""
+
+        def each(ts: tuple[Tensor, ...] | None) -> tuple[Tensor, ...] | None:
+            return None if ts is None else tuple(fn(t) for t in ts)
+
+        return replace(
+            self,
+            weights=each(self.weights),
+            momentum=each(self.momentum),
+            chunk_start=each(self.chunk_start),
+        )
