@@ -12,8 +12,8 @@ Gradient Descent, Eq. 57/88), with optional per-token retention ``alpha`` and mo
 (Titans Eq. 13-14). The derivation of the fast path is in ``memory/README.md``.
 """
 
-from nestlearn.memory.chunked import memory_chunked
+from nestlearn.memory.chunked import memory_chunked, memory_read
 from nestlearn.memory.reference import memory_reference
 from nestlearn.memory.state import MemoryState
 
-__all__ = ["MemoryState", "memory_chunked", "memory_reference"]
+__all__ = ["MemoryState", "memory_chunked", "memory_read", "memory_reference"]

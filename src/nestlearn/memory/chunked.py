@@ -26,7 +26,7 @@ from torch import Tensor
 from nestlearn.memory import _core
 from nestlearn.memory.state import MemoryState
 
-__all__ = ["memory_chunked"]
+__all__ = ["memory_chunked", "memory_read"]
 
 
 def memory_chunked(
@@ -281,3 +281,14 @@ def _read_per_token(memory, Q, K, saved, co: _Coeffs) -> Tensor:
     h = _linear_read(Q, W[1], mom(1), us[1], xs[1], co)  # W2_t q_t
     y = _linear_read(F.silu(h), W[0], mom(0), us[0], xs[0], co)  # W1_t silu(W2_t q_t)
     return Q + y if memory == "residual_mlp" else y
+
+
+def memory_read(q: Tensor, state: MemoryState, *, memory: _core.MemoryKind = "linear") -> Tensor:
+    """Read a memory without writing: ``M(W; q)`` with the state's current weights.
+
+    ``q: [B, T, H, Dk]`` -> ``[B, T, H, Dv]``; the weights are ``[B, H, O, I]`` or ``[H, O, I]``.
+    """
+    _core._choice("memory", memory, _core.MEMORY_KINDS)
+    q = _core._bthd("q", q)
+    weights = tuple(w.unsqueeze(0) if w.ndim == 3 else w for w in state.weights)
+    return _core.apply_memory(memory, weights, q.transpose(1, 2)).transpose(1, 2)
