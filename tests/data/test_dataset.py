@@ -21,7 +21,7 @@ from nestlearn.data import (
     prepare_documents,
 )
 
-WORDS = "the king doth wake tonight and takes his rouse keeps wassail swaggering up-spring reels".split()
+WORDS = ["the", "king", "doth", "wake", "tonight", "and", "takes", "his", "rouse", "wassail"]
 
 
 def _corpus(n: int = 30, seed: int = 0) -> list[Document]:
@@ -42,7 +42,9 @@ def byte_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bpe_data(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    return prepare_documents(_corpus(), tokenizer="bpe", vocab_size=320, cache_dir=cache, progress=False)
+    return prepare_documents(
+        _corpus(), tokenizer="bpe", vocab_size=320, cache_dir=cache, progress=False
+    )
 
 
 # ---------------------------------------------------------------------------- cache
@@ -112,7 +114,10 @@ def test_prepare_data_from_files_and_tokenizer_path(tmp_path, bpe_data):
     for d in _corpus(12):
         (root / f"{d.doc_id}.txt").write_text(d.text, encoding="utf-8")
     data = prepare_data(
-        root, tokenizer=bpe_data.directory / "tokenizer.json", cache_dir=tmp_path / "c", progress=False
+        root,
+        tokenizer=bpe_data.directory / "tokenizer.json",
+        cache_dir=tmp_path / "c",
+        progress=False,
     )
     assert data.tokenizer.fingerprint == bpe_data.tokenizer.fingerprint
     assert sum(data[s].num_documents for s in SPLITS) == 12
@@ -135,7 +140,9 @@ def test_large_vocabulary_uses_uint32(tmp_path):
 
     arr = TokenArray.from_documents([[1, 2], [3]], eot_id=69_999)
     assert arr.ids.dtype == np.uint32 and arr.ids.tolist() == [1, 2, 69_999, 3, 69_999]
-    data = prepare_documents(_corpus(5), tokenizer=WideTokenizer(), cache_dir=tmp_path, progress=False)
+    data = prepare_documents(
+        _corpus(5), tokenizer=WideTokenizer(), cache_dir=tmp_path, progress=False
+    )
     assert data.meta["dtype"] == "uint32" and data.train.ids.dtype == np.uint32
     assert data.train.ids[-1] == 69_999
 
@@ -206,7 +213,10 @@ def test_sequential_windows_stream_in_order_and_resume(stream):
 
 def test_eval_windows_score_every_target_once(stream):
     for seq_len, batch_size in [(7, 2), (10, 3), (len(stream) - 1, 1)]:
-        targets = [b.targets.reshape(-1) for b in eval_windows(stream, seq_len=seq_len, batch_size=batch_size)]
+        targets = [
+            b.targets.reshape(-1)
+            for b in eval_windows(stream, seq_len=seq_len, batch_size=batch_size)
+        ]
         assert torch.cat(targets).tolist() == np.asarray(stream.ids[1:]).tolist()
 
 
@@ -220,6 +230,8 @@ def test_sampler_errors(stream):
     with pytest.raises(ValueError, match="too short"):
         SequentialWindows(stream, seq_len=100, batch_size=2)
     with pytest.raises(ValueError, match="expected 'random'"):
-        RandomWindows(stream, seq_len=4, batch_size=1).load_state_dict({"kind": "sequential", "step": 1})
+        RandomWindows(stream, seq_len=4, batch_size=1).load_state_dict(
+            {"kind": "sequential", "step": 1}
+        )
     with pytest.raises(ValueError, match="epochs"):
         SequentialWindows(stream, seq_len=4, epochs=0)

@@ -44,7 +44,9 @@ def test_default_split_is_balanced(shakespeare, wikipedia):
         assert {d.source for d in out[split]} == {"shakespeare", "wikipedia"}
     val_chars = sum(len(d.text) for d in out["validation"])
     assert 2e5 < val_chars < 8e5
-    assert len({d.doc_id.split("/")[1] for d in out["validation"] if d.source == "shakespeare"}) >= 5
+    assert (
+        len({d.doc_id.split("/")[1] for d in out["validation"] if d.source == "shakespeare"}) >= 5
+    )
 
 
 @pytest.mark.slow
@@ -54,4 +56,26 @@ def test_default_prepare_data(tmp_path, shakespeare, wikipedia):
     tokens = {s: len(data[s]) for s in SPLITS}
     assert 1.8e6 < tokens["train"] < 2.4e6 and tokens["validation"] > 5e4 and tokens["test"] > 5e4
     doc = data.validation.document(0)
-    assert data.tokenizer.decode(doc) == split_documents(shakespeare + wikipedia)["validation"][0].text
+    assert (
+        data.tokenizer.decode(doc) == split_documents(shakespeare + wikipedia)["validation"][0].text
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "n_docs", "chars"),
+    [
+        ("brown", (500, 500), (5.5e6, 6.5e6)),
+        ("bible", (1300, 1500), (4.5e6, 5.3e6)),
+        ("austen", (260, 280), (3.8e6, 4.3e6)),
+    ],
+)
+def test_optional_sources_when_installed(name, n_docs, chars):
+    try:
+        docs = load_source(name)
+    except FileNotFoundError as e:
+        assert "install" in str(e)
+        pytest.skip(f"{name} not installed")
+    assert n_docs[0] <= len(docs) <= n_docs[1]
+    assert chars[0] < sum(len(d.text) for d in docs) < chars[1]
+    out = split_documents(docs)
+    assert all(out[s] for s in SPLITS)

@@ -7,12 +7,18 @@ import pytest
 from nestlearn.data import EOT_TOKEN, BPETokenizer, ByteTokenizer, load_tokenizer
 
 TRAIN_TEXT = [
-    "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
-    "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n",
-    "Anarchism is a political philosophy that advocates self-governed societies based on "
-    "voluntary institutions. These are often described as stateless societies.\n",
-    "The jury further said in term-end presentments that the City Executive Committee, which "
-    "had over-all charge of the election, deserves the praise and thanks of the City.\n",
+    (
+        "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+        "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n"
+    ),
+    (
+        "Anarchism is a political philosophy that advocates self-governed societies based on "
+        "voluntary institutions. These are often described as stateless societies.\n"
+    ),
+    (
+        "The jury further said in term-end presentments that the City Executive Committee, which "
+        "had over-all charge of the election, deserves the praise and thanks of the City.\n"
+    ),
 ] * 8
 
 HARD_TEXTS = [
@@ -49,7 +55,11 @@ def test_literal_eot_text_is_not_the_eot_token(bpe):
 def test_bpe_save_load_round_trip(bpe, tmp_path):
     path = bpe.save(tmp_path / "tok")
     assert path.name == "tokenizer.json" and path.is_file()
-    for loaded in (BPETokenizer.load(path), BPETokenizer.load(tmp_path / "tok"), load_tokenizer(path)):
+    for loaded in (
+        BPETokenizer.load(path),
+        BPETokenizer.load(tmp_path / "tok"),
+        load_tokenizer(path),
+    ):
         assert isinstance(loaded, BPETokenizer)
         assert loaded.fingerprint == bpe.fingerprint
         assert loaded.encode_batch(HARD_TEXTS) == bpe.encode_batch(HARD_TEXTS)

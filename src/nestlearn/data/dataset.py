@@ -203,7 +203,12 @@ class SequentialWindows:
         _check_window(tokens, seq_len, batch_size)
         if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
             raise ValueError(f"epochs must be a positive integer or None, got {epochs!r}")
-        self.tokens, self.seq_len, self.batch_size, self.epochs = tokens, seq_len, batch_size, epochs
+        self.tokens, self.seq_len, self.batch_size, self.epochs = (
+            tokens,
+            seq_len,
+            batch_size,
+            epochs,
+        )
         self.lane_len = (len(tokens) - 1) // batch_size
         self.batches_per_epoch = self.lane_len // seq_len
         if self.batches_per_epoch < 1:
@@ -335,7 +340,9 @@ def prepare_documents(
         raise ValueError("the corpus is empty: no documents to prepare")
     splits = split_documents(docs, fractions=fractions)
     if not splits["train"]:
-        raise ValueError("the training split is empty; give more documents or a larger train fraction")
+        raise ValueError(
+            "the training split is empty; give more documents or a larger train fraction"
+        )
     tok_obj, spec = _resolve_tokenizer(tokenizer, vocab_size)
     key_src = json.dumps(
         {
@@ -348,7 +355,9 @@ def prepare_documents(
     )
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     prefix = spec.get("name", "tok")
-    directory = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{prefix}-{key}"
+    directory = (
+        Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"{prefix}-{key}"
+    )
     if (directory / "meta.json").is_file():
         return load_prepared(directory)
 
@@ -428,7 +437,11 @@ def _resolve_tokenizer(
     if isinstance(tokenizer, str) and tokenizer == "byte":
         tok: Tokenizer = ByteTokenizer()
     elif isinstance(tokenizer, (str, os.PathLike)):
-        if isinstance(tokenizer, str) and not tokenizer.endswith(".json") and not Path(tokenizer).exists():
+        if (
+            isinstance(tokenizer, str)
+            and not tokenizer.endswith(".json")
+            and not Path(tokenizer).exists()
+        ):
             raise ValueError(
                 f"unknown tokenizer '{tokenizer}'; allowed: 'bpe', 'byte' or a path to tokenizer.json"
             )

@@ -112,7 +112,9 @@ class BPETokenizer:
     def __init__(self, tokenizer: Any) -> None:
         eot = tokenizer.token_to_id(EOT_TOKEN)
         if eot is None:
-            raise ValueError(f"tokenizer has no {EOT_TOKEN} token; train it with BPETokenizer.train")
+            raise ValueError(
+                f"tokenizer has no {EOT_TOKEN} token; train it with BPETokenizer.train"
+            )
         self._tok = tokenizer
         self._eot = int(eot)
         # Special-token text inside documents is encoded as plain text (see module docstring).
@@ -138,7 +140,9 @@ class BPETokenizer:
         from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
         if not isinstance(vocab_size, int) or vocab_size < _MIN_BPE_VOCAB:
-            raise ValueError(f"vocab_size must be an integer >= {_MIN_BPE_VOCAB}, got {vocab_size!r}")
+            raise ValueError(
+                f"vocab_size must be an integer >= {_MIN_BPE_VOCAB}, got {vocab_size!r}"
+            )
         tok = HFTokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
