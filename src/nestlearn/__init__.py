@@ -11,3 +11,22 @@ flow and update frequency. Subpackages, each importing only the ones before it:
 """
 
 __version__ = "0.1.0"
+
+# Model classes are imported on first access (PEP 562), so `import nestlearn` stays free of the
+# `transformers` import and of the Auto-class registration that `nestlearn.models` performs.
+_LAZY_EXPORTS = {
+    "LayerStateCache": "nestlearn.models",
+    "TransformerConfig": "nestlearn.models",
+    "TransformerForCausalLM": "nestlearn.models",
+    "TransformerModel": "nestlearn.models",
+}
+
+__all__ = ["__version__", *_LAZY_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _LAZY_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+    raise AttributeError(f"module 'nestlearn' has no attribute {name!r}")

@@ -1,0 +1,47 @@
+"""Causal depthwise 1-D convolution with a carried state (Titans section 4.4, NL section 8.3).
+
+Dimension legend: B batch, T time, C channels, K kernel size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CausalDepthwiseConv"]
+
+
+class CausalDepthwiseConv(nn.Module):
+    """``y_t = sum_{j<K} w_j * x_{t-K+1+j}`` per channel; the last ``K-1`` inputs are the state, so
+    a stream processed in pieces gives the same output as one pass.
+
+    Args:
+        channels: number of channels C (one filter each).
+        kernel_size: window K (NL uses 4).
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 4) -> None:
+        super().__init__()
+        if kernel_size < 1:
+            raise ValueError(f"kernel_size must be >= 1, got {kernel_size}")
+        self.channels, self.kernel_size = channels, kernel_size
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Start close to the identity (last tap 1, the others small), so a fresh layer passes
+        its input through and the convolution learns what local mixing helps."""
+        with torch.no_grad():
+            self.weight.normal_(0.0, 0.02)
+            self.weight[:, 0, -1] += 1.0
+
+    def forward(self, x: Tensor, *, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``x: [B, T, C]``, ``state: [B, K-1, C]`` (zeros if None) -> ``(y [B, T, C], state)``."""
+        B, T, C = x.shape
+        K = self.kernel_size
+        if state is None:
+            state = x.new_zeros(B, K - 1, C)
+        xp = torch.cat([state.to(x.dtype), x], dim=1)  # [B, K-1+T, C]
+        y = F.conv1d(xp.transpose(1, 2), self.weight.to(x.dtype), groups=C).transpose(1, 2)
+        return y, xp[:, xp.shape[1] - (K - 1):]

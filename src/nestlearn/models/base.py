@@ -1,0 +1,229 @@
+"""Hugging Face plumbing shared by every nestlearn causal language model.
+
+A model = ``embed_tokens`` -> blocks -> final ``norm`` -> ``lm_head``. A concrete model (the
+Transformer++ baseline, HOPE, Titans) writes only its config, its blocks, its ``_init_weights`` and
+two short ``__init__`` methods; the forward passes, the cache, the loss and ``generate()`` support
+come from here::
+
+    class HopePreTrainedModel(NestlearnPreTrainedModel):
+        config_class = HopeConfig
+        _no_split_modules = ["HopeBlock"]
+        def _init_weights(self, module): ...           # the one place parameters are initialised
+
+    class HopeModel(DecoderModelMixin, HopePreTrainedModel):
+        def __init__(self, config):
+            super().__init__(config)
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+            self.layers = nn.ModuleList(HopeBlock(config, layer_idx=i) for i in range(n))
+            self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+            self.post_init()
+
+    class HopeForCausalLM(CausalLMMixin, HopePreTrainedModel, GenerationMixin):
+        def __init__(self, config):
+            super().__init__(config)
+            self.model = HopeModel(config)
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.post_init()
+
+The mixins come first in the bases so that their ``forward`` wins over ``nn.Module.forward``;
+``GenerationMixin`` must appear literally in the bases of the ``ForCausalLM`` class (that is how
+``PreTrainedModel.can_generate`` detects it in ``transformers`` 5).
+
+Block contract (the same as a sequence mixer's in ``nestlearn.layers``)::
+
+    hidden, new_state = block(hidden, state=state, attention_mask=attention_mask,
+                              position_ids=position_ids)
+
+``hidden: [B, T, D]``; ``state`` is the block's entry of the ``LayerStateCache`` (``None`` at the
+start of a stream); ``attention_mask`` the 2-D ``[B, T_total]`` 0/1 padding mask or ``None`` (the
+last ``T`` columns are the new tokens); ``position_ids`` ``[B, T]`` or ``None`` (blocks without
+positional encoding ignore it). The returned state is stored for the next call when caching.
+
+Dimension legend: B batch, T new tokens, D model width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from nestlearn.models.cache import LayerStateCache
+
+__all__ = [
+    "CausalLMMixin",
+    "DecoderModelMixin",
+    "NestlearnPreTrainedModel",
+    "causal_lm_loss",
+]
+
+
+class NestlearnPreTrainedModel(PreTrainedModel):
+    """Base of every nestlearn model: the cache policy that ``generate()`` relies on.
+
+    Subclasses set ``config_class``, ``_no_split_modules`` and ``_init_weights``.
+    """
+
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _skip_keys_device_placement = ["past_key_values"]
+    # States cannot be rolled back, so assisted (speculative) decoding is refused by generate().
+    _is_stateful = True
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # Stop generate() from building a DynamicCache: our forward builds a LayerStateCache.
+        return False
+
+
+class DecoderModelMixin:
+    """``forward`` of the base model: ``embed_tokens`` -> ``layers`` (blocks) -> ``norm``.
+
+    ``hidden_states`` (when requested) are the input of every block followed by the final,
+    normalised output, ``num_layers + 1`` tensors in all.
+    """
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        *,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: LayerStateCache | None = None,
+        inputs_embeds: Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast | tuple:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if kwargs.get("output_attentions"):
+            raise ValueError("output_attentions is not supported by nestlearn models")
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)  # [B, T, D]
+        T = inputs_embeds.shape[1]
+        if attention_mask is not None and attention_mask.ndim != 2:
+            raise ValueError(
+                f"attention_mask must be the 2-D [batch, tokens] 0/1 padding mask, got shape "
+                f"{tuple(attention_mask.shape)}"
+            )
+
+        cache = past_key_values
+        if cache is not None and not isinstance(cache, LayerStateCache):
+            raise TypeError(
+                f"past_key_values must be a nestlearn LayerStateCache, got {type(cache).__name__}"
+            )
+        if cache is None and use_cache:
+            cache = LayerStateCache(len(self.layers))
+        if cache is not None and len(cache) != len(self.layers):
+            raise ValueError(
+                f"past_key_values holds {len(cache)} layer states but the model has {len(self.layers)} layers"
+            )
+
+        hidden = inputs_embeds
+        all_hidden: tuple[Tensor, ...] = ()
+        for i, block in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            hidden, new_state = block(
+                hidden,
+                state=None if cache is None else cache[i],
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+            )
+            if cache is not None:
+                cache[i] = new_state
+        hidden = self.norm(hidden)  # [B, T, D]
+        if output_hidden_states:
+            all_hidden += (hidden,)
+        if cache is not None:
+            cache.advance(T)
+
+        out = BaseModelOutputWithPast(
+            last_hidden_state=hidden,
+            past_key_values=cache,
+            hidden_states=all_hidden if output_hidden_states else None,
+        )
+        return out if return_dict else out.to_tuple()
+
+
+class CausalLMMixin:
+    """``forward`` of the language model: ``self.model`` then ``self.lm_head``, plus the loss.
+
+    ``labels: [B, T]`` are the input ids themselves (shifted inside, ``-100`` ignored);
+    ``logits_to_keep`` (an int ``k > 0``: the last ``k`` positions, or a 1-D index tensor) limits
+    the positions whose logits are computed, which ``generate()`` sets to 1.
+    """
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        *,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: LayerStateCache | None = None,
+        inputs_embeds: Tensor | None = None,
+        labels: Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast | tuple:
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state  # [B, T, D]
+        if isinstance(logits_to_keep, int):
+            if logits_to_keep < 0:
+                raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
+            if logits_to_keep > 0:
+                hidden = hidden[:, -logits_to_keep:]
+        else:
+            hidden = hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden)  # [B, T_kept, V]
+
+        loss = None
+        if labels is not None:
+            if logits.shape[1] != labels.shape[1]:
+                raise ValueError(
+                    f"labels cover {labels.shape[1]} positions but logits were kept for "
+                    f"{logits.shape[1]}; use logits_to_keep=0 with labels"
+                )
+            loss = causal_lm_loss(logits, labels)
+
+        out = CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+        )
+        return out if return_dict else out.to_tuple()
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor, *, ignore_index: int = -100) -> Tensor:
+    """Mean next-token cross-entropy: position ``t`` predicts ``labels[:, t + 1]`` (fp32 or wider)."""
+    shifted = logits[:, :-1].flatten(0, 1)  # [B * (T - 1), V]
+    targets = labels[:, 1:].flatten().to(logits.device)  # [B * (T - 1)]
+    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
+    return F.cross_entropy(shifted.to(compute_dtype), targets, ignore_index=ignore_index)
