@@ -235,3 +235,33 @@ def test_sampler_errors(stream):
         )
     with pytest.raises(ValueError, match="epochs"):
         SequentialWindows(stream, seq_len=4, epochs=0)
+
+
+def test_by_source_gives_one_array_per_domain(tmp_path):
+    docs = _corpus(12) + [Document("other", f"o{i}", f"other text {i}") for i in range(6)]
+    data = prepare_documents(docs, tokenizer="byte", cache_dir=tmp_path, progress=False)
+    for split in SPLITS:
+        parts = data.by_source(split)
+        assert list(parts) == ["synth", "other"]
+        joined = np.concatenate([np.asarray(p.ids) for p in parts.values()])
+        assert joined.tolist() == np.asarray(data[split].ids).tolist()
+        for part in parts.values():
+            assert np.asarray(part.ids)[part.eot_positions()].tolist() == [256] * part.num_documents
+    arr = TokenArray.from_documents([[1], [2, 3], [4]], eot_id=9)
+    assert arr.select_documents(1, 3).ids.tolist() == [2, 3, 9, 4, 9]
+    with pytest.raises(ValueError, match="document range"):
+        arr.select_documents(2, 5)
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        data.documents("dev")
+
+
+def test_incomplete_cache_entry_is_rebuilt(tmp_path):
+    docs = _corpus(8)
+    first = prepare_documents(docs, tokenizer="byte", cache_dir=tmp_path, progress=False)
+    expected = np.asarray(first.train.ids).tolist()
+    (first.directory / "meta.json").unlink()  # as if a writer died before finishing
+    (first.directory / "train.bin").write_bytes(b"garbage")
+    again = prepare_documents(docs, tokenizer="byte", cache_dir=tmp_path, progress=False)
+    assert again.directory == first.directory
+    assert np.asarray(again.train.ids).tolist() == expected
+    assert [p.name for p in tmp_path.iterdir()] == [first.directory.name]

@@ -10,8 +10,8 @@ or loads a tokenizer on the training split, tokenizes each split once and caches
         {train,validation,test}.docs.npy   int64 offsets, len = documents + 1
         meta.json                          dtype, eot_id, vocab size, token counts; written last
 
-Every file is written to a temporary name and moved into place with ``os.replace``; ``meta.json``
-marks a complete cache. The corpus digest covers every document's text, so an edited user file
+An entry is built in a private temporary directory (``.<name>.<pid>.tmp``) and renamed into
+place, so a cache directory is either complete or absent, even with concurrent or killed writers. The corpus digest covers every document's text, so an edited user file
 gives a new cache entry. ``cache_dir`` defaults to ``$NESTLEARN_DATA_CACHE`` or ``./data_cache``.
 
 Layout of a split: document 0's tokens, ``<|endoftext|>``, document 1's tokens,
@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,14 @@ class TokenArray:
         """Token ids of document ``j`` without its closing EOT."""
         return np.asarray(self.ids[self.docs[j] : self.docs[j + 1] - 1])
 
+    def select_documents(self, start: int, stop: int, *, name: str | None = None) -> TokenArray:
+        """Documents ``start .. stop - 1`` as a TokenArray sharing this one's memory."""
+        if not 0 <= start <= stop <= self.num_documents:
+            raise ValueError(f"document range [{start}, {stop}) outside 0..{self.num_documents}")
+        lo = int(self.docs[start])
+        ids = self.ids[lo : int(self.docs[stop])]
+        return TokenArray(ids, self.docs[start : stop + 1] - lo, self.eot_id, name or self.name)
+
     def window(self, start: int, length: int) -> np.ndarray:
         return np.asarray(self.ids[start : start + length], dtype=np.int64)
 
@@ -144,6 +153,15 @@ def _batch(tokens: TokenArray, starts: np.ndarray, seq_len: int) -> Batch:
     rows = np.stack([tokens.window(int(s), seq_len + 1) for s in starts])  # [B, T + 1]
     data = torch.from_numpy(rows)
     return Batch(data[:, :-1], data[:, 1:], torch.from_numpy(starts.astype(np.int64)))
+
+
+def _concatenate(parts: list[TokenArray]) -> TokenArray:
+    if len(parts) == 1:
+        return parts[0]
+    ids = np.concatenate([np.asarray(p.ids) for p in parts])
+    lengths = np.concatenate([np.diff(p.docs) for p in parts])
+    docs = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return TokenArray(ids, docs, parts[0].eot_id, parts[0].name)
 
 
 def _check_window(tokens: TokenArray, seq_len: int, batch_size: int) -> None:
@@ -276,6 +294,7 @@ class PreparedData:
     tokenizer: Tokenizer
     splits: dict[str, TokenArray]
     meta: dict[str, Any] = field(default_factory=dict)
+    _table: dict[str, Any] | None = field(default=None, repr=False)
 
     def __getitem__(self, split: str) -> TokenArray:
         if split not in self.splits:
@@ -296,8 +315,26 @@ class PreparedData:
 
     def documents(self, split: str) -> list[tuple[str, str, int, int]]:
         """``(source, doc_id, chars, tokens)`` of each document of ``split``, in order."""
-        table = json.loads((self.directory / "documents.json").read_text("utf-8"))
-        return [tuple(row) for row in table["splits"][split]]  # type: ignore[misc]
+        self[split]  # checks the name
+        if self._table is None:
+            self._table = json.loads((self.directory / "documents.json").read_text("utf-8"))
+        return [tuple(row) for row in self._table["splits"][split]]  # type: ignore[misc]
+
+    def by_source(self, split: str) -> dict[str, TokenArray]:
+        """``split`` cut into one TokenArray per source, in corpus order (e.g. one per domain
+        for continual learning). Views of the memory map when a source's documents are
+        contiguous, which they are unless the same source name was given twice."""
+        sources = [row[0] for row in self.documents(split)]
+        runs: dict[str, list[TokenArray]] = {}
+        start = 0
+        for j in range(1, len(sources) + 1):
+            if j == len(sources) or sources[j] != sources[start]:
+                name = f"{split}/{sources[start]}"
+                runs.setdefault(sources[start], []).append(
+                    self[split].select_documents(start, j, name=name)
+                )
+                start = j
+        return {source: _concatenate(parts) for source, parts in runs.items()}
 
 
 def prepare_data(
@@ -360,8 +397,35 @@ def prepare_documents(
     )
     if (directory / "meta.json").is_file():
         return load_prepared(directory)
+    # Build everything in a private temporary directory, then rename it into place: a cache
+    # directory either is complete or does not exist, even with concurrent or killed writers.
+    tmp_dir = directory.with_name(f".{directory.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    try:
+        _build_cache(tmp_dir, docs, splits, tok_obj, spec, vocab_size, fractions, progress)
+        if directory.exists() and not (directory / "meta.json").is_file():
+            shutil.rmtree(directory)  # a stale, incomplete entry
+        try:
+            os.rename(tmp_dir, directory)
+        except OSError:
+            if not (directory / "meta.json").is_file():  # not "another process finished first"
+                raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return load_prepared(directory)
 
-    directory.mkdir(parents=True, exist_ok=True)
+
+def _build_cache(
+    directory: Path,
+    docs: list[Document],
+    splits: dict[str, list[Document]],
+    tok_obj: Tokenizer | None,
+    spec: dict[str, Any],
+    vocab_size: int,
+    fractions: Sequence[float],
+    progress: bool,
+) -> None:
     if tok_obj is None:  # train the BPE on the training split only
         tok_obj = BPETokenizer.train(
             (d.text for d in splits["train"]), vocab_size=vocab_size, show_progress=progress
@@ -384,9 +448,8 @@ def prepare_documents(
             "tokens": int(offsets[-1]),
         }
     bar.close()
-    _atomic_write(
-        directory / "documents.json",
-        json.dumps({"fractions": list(fractions), "splits": table}).encode(),
+    (directory / "documents.json").write_text(
+        json.dumps({"fractions": list(fractions), "splits": table}), encoding="utf-8"
     )
     meta = {
         "format": _CACHE_FORMAT,
@@ -399,8 +462,7 @@ def prepare_documents(
         "sources": sorted({d.source for d in docs}),
         "splits": stats,
     }
-    _atomic_write(directory / "meta.json", json.dumps(meta, indent=2).encode())
-    return load_prepared(directory)
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def load_prepared(directory: str | os.PathLike[str]) -> PreparedData:
@@ -463,12 +525,10 @@ def _write_split(
     dtype: type[np.unsignedinteger[Any]],
     bar: tqdm,
 ) -> tuple[np.ndarray, list[list[Any]]]:
-    bin_path = directory / f"{split}.bin"
-    tmp = bin_path.with_name(f".{bin_path.name}.{os.getpid()}.tmp")
     lengths: list[int] = []
     rows: list[list[Any]] = []
     eot = np.array([tok.eot_id], dtype=dtype)
-    with open(tmp, "wb") as f:
+    with open(directory / f"{split}.bin", "wb") as f:
         for chunk in _chunks(docs, _ENCODE_CHUNK_CHARS):
             for d, ids in zip(chunk, tok.encode_batch([d.text for d in chunk]), strict=True):
                 np.asarray(ids, dtype=dtype).tofile(f)
@@ -476,11 +536,8 @@ def _write_split(
                 lengths.append(len(ids) + 1)
                 rows.append([d.source, d.doc_id, len(d.text), len(ids)])
             bar.update(sum(len(d.text) for d in chunk))
-    os.replace(tmp, bin_path)
     offsets = np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))]).astype(np.int64)
-    tmp_npy = directory / f".{split}.docs.{os.getpid()}.tmp.npy"
-    np.save(tmp_npy, offsets)
-    os.replace(tmp_npy, directory / f"{split}.docs.npy")
+    np.save(directory / f"{split}.docs.npy", offsets)
     return offsets, rows
 
 
@@ -495,9 +552,3 @@ def _chunks(docs: list[Document], max_chars: int) -> Iterator[list[Document]]:
             chunk, size = [], 0
     if chunk:
         yield chunk
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
