@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -265,3 +266,15 @@ def test_incomplete_cache_entry_is_rebuilt(tmp_path):
     assert again.directory == first.directory
     assert np.asarray(again.train.ids).tolist() == expected
     assert [p.name for p in tmp_path.iterdir()] == [first.directory.name]
+
+
+def test_command_line_prepares_and_reports(tmp_path, capsys):
+    from nestlearn.data.__main__ import main
+
+    for d in _corpus(6):
+        (tmp_path / f"{d.doc_id}.txt").write_text(d.text, encoding="utf-8")
+    assert main([str(tmp_path), "--tokenizer", "byte", "--cache-dir", str(tmp_path / "c")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sum(s["documents"] for s in report["splits"].values()) == 6
+    assert main(["no-such-source", "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "unknown corpus source 'no-such-source'" in capsys.readouterr().err
