@@ -1,0 +1,332 @@
+"""Benchmark of the deep optimizers in ``nestlearn.optim`` (project issue 4).
+
+Run:  python benchmarks/optimizers.py [--quick] [--threads N] [--out benchmarks/results]
+
+Two kinds of task, both CPU-only and with no download at run time:
+
+* ``toy`` (Nested Learning arXiv 2512.24695, Eq. 53, Fig. 4): the 2-D loss with time-varying
+  curvature psi(r, theta) = r^2 + k (r - theta + a sin(w r))^2 from (r0, theta0) = (-3.5, 2).
+  The paper gives no k, a, w; we use the values in ``TOY`` below. Metric: steps until
+  psi < threshold, best over a learning-rate grid, for momentum vs Delta Momentum vs DMGD.
+* ``digits``: an MLP classifier on scikit-learn's bundled handwritten digits (1,797 8x8 images,
+  ``sklearn.datasets.load_digits``, shipped inside the package; ``pip install -e .[bench]``),
+  trained by every optimizer in ``OPTIMIZERS`` with a short lr sweep, 3 seeds and the same step
+  budget. Metric: final validation loss (mean and std over seeds at the best lr), validation
+  accuracy, and wall time per training step relative to AdamW.
+
+A new training task (e.g. the Transformer++ language model) is one more function with the
+signature of :func:`task_digits`, ``(make_optimizer, lr, seed, steps) -> RunResult``, added to
+``TRAIN_TASKS`` with its step budgets; the sweep, table, JSON and plot pick it up.
+
+Outputs: a table on stdout, ``<out>/optimizers.json`` and ``<out>/optimizers.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from nestlearn.optim import M3, AssociativeMomentum, DeepMomentum, DeltaMomentum
+
+MakeOptimizer = Callable[[list], torch.optim.Optimizer]
+
+
+@dataclass
+class RunResult:
+    val_loss: float  # final validation loss (toy: final loss)
+    curve: list[float]  # validation loss at the logged steps (toy: loss at every step)
+    curve_steps: list[int]
+    sec_per_step: float
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizers under test. Each entry: a factory (param list, lr) -> optimizer, and its lr grid.
+# Grids are centred on the usual scale of each family (Adam-like units vs SGD-momentum units).
+
+def _adamw(params, lr):
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def _momentum(params, lr):
+    return AssociativeMomentum(params, lr, momentum=0.9)
+
+
+def _muon(params, lr):
+    # Muon-style: dot-product momentum + Newton-Schulz read-out (Eq. 42-44, 52); 1-D params
+    # (biases) get the identity read-out, i.e. Nesterov SGD-momentum.
+    return AssociativeMomentum(params, lr, momentum=0.95, nesterov=True, output="newton_schulz")
+
+
+def _m3(params, lr):
+    return M3(params, lr)
+
+
+def _delta(params, lr):
+    return DeltaMomentum(params, lr)
+
+
+def _dmgd(params, lr):
+    return DeepMomentum(params, lr)
+
+
+OPTIMIZERS: dict[str, tuple[Callable, list[float]]] = {
+    "adamw": (_adamw, [1e-3, 3e-3, 1e-2]),
+    "muon": (_muon, [0.01, 0.03, 0.1]),
+    "m3": (_m3, [1e-3, 3e-3, 1e-2]),
+    "momentum": (_momentum, [0.03, 0.1, 0.3]),
+    "delta_momentum": (_delta, [0.03, 0.1, 0.3]),
+    "dmgd": (_dmgd, [0.1, 0.3, 1.0]),
+}
+
+# --------------------------------------------------------------------------------------------
+# Toy task (Eq. 53).
+
+TOY = dict(k=10.0, a=0.5, w=2.0, r0=-3.5, theta0=2.0, threshold=1e-6)
+TOY_OPTIMIZERS = ("momentum", "delta_momentum", "dmgd")
+TOY_LRS = [10 ** (e / 8) for e in range(-32, -3)]
+
+
+def toy_loss(x: torch.Tensor) -> torch.Tensor:
+    r, theta = x[0], x[1]
+    return r**2 + TOY["k"] * (r - theta + TOY["a"] * torch.sin(TOY["w"] * r)) ** 2
+
+
+def task_toy(make_optimizer: MakeOptimizer, lr: float, steps: int) -> RunResult:
+    x = torch.tensor([TOY["r0"], TOY["theta0"]], dtype=torch.float64, requires_grad=True)
+    opt = make_optimizer([x], lr)
+    curve = []
+    t0 = time.perf_counter()
+    hit = None
+    for i in range(steps):
+        loss = toy_loss(x)
+        value = loss.item()
+        curve.append(value)
+        if not math.isfinite(value) or value > 1e6:
+            break
+        if value < TOY["threshold"]:
+            hit = i
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    dt = (time.perf_counter() - t0) / max(len(curve), 1)
+    return RunResult(curve[-1], curve, list(range(len(curve))), dt, {"steps_to_threshold": hit})
+
+
+def run_toy(steps: int, bar: tqdm) -> dict:
+    out = {}
+    for name in TOY_OPTIMIZERS:
+        factory = OPTIMIZERS[name][0]
+        best = None
+        for lr in TOY_LRS:
+            res = task_toy(factory, lr, steps)
+            bar.update(1)
+            hit = res.extra["steps_to_threshold"]
+            key = hit if hit is not None else math.inf
+            if best is None or key < best[0]:
+                best = (key, lr, res)
+        key, lr, res = best
+        out[name] = dict(steps_to_threshold=None if key == math.inf else key, lr=lr,
+                         curve=res.curve)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Digits classifier.
+
+_DIGITS: dict = {}
+
+
+def _digits_data() -> tuple[torch.Tensor, ...]:
+    if not _DIGITS:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as e:  # pragma: no cover - message for users without the extra
+            raise SystemExit("the digits task needs scikit-learn: pip install -e '.[bench]'") from e
+        d = load_digits()
+        X = torch.tensor(d.data, dtype=torch.float32) / 16.0  # [N, 64]
+        y = torch.tensor(d.target, dtype=torch.long)  # [N]
+        perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
+        n_val = 360
+        val, train = perm[:n_val], perm[n_val:]
+        mean = X[train].mean(0)
+        std = X[train].std(0).clamp_min(1e-3)
+        X = (X - mean) / std
+        _DIGITS.update(Xtr=X[train], ytr=y[train], Xva=X[val], yva=y[val])
+    return _DIGITS["Xtr"], _DIGITS["ytr"], _DIGITS["Xva"], _DIGITS["yva"]
+
+
+def task_digits(make_optimizer: MakeOptimizer, lr: float, seed: int, steps: int) -> RunResult:
+    """MLP 64-256-256-10 (GELU), batch 128, cross-entropy; validation loss every 25 steps."""
+    Xtr, ytr, Xva, yva = _digits_data()
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(), nn.Linear(256, 10))
+    opt = make_optimizer(list(model.parameters()), lr)
+    gen = torch.Generator().manual_seed(1000 + seed)
+    lossf = nn.CrossEntropyLoss()
+    curve, curve_steps = [], []
+
+    def evaluate() -> tuple[float, float]:
+        with torch.no_grad():
+            logits = model(Xva)
+            return lossf(logits, yva).item(), (logits.argmax(-1) == yva).float().mean().item()
+
+    train_time = 0.0
+    for i in range(steps):
+        idx = torch.randint(0, len(Xtr), (128,), generator=gen)
+        t0 = time.perf_counter()
+        loss = lossf(model(Xtr[idx]), ytr[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        train_time += time.perf_counter() - t0
+        if (i + 1) % 25 == 0 or i + 1 == steps:
+            v, _ = evaluate()
+            curve.append(v)
+            curve_steps.append(i + 1)
+    v, acc = evaluate()
+    if not math.isfinite(v):
+        v = float("inf")
+    return RunResult(v, curve, curve_steps, train_time / steps, {"val_acc": acc})
+
+
+# name -> (task function, steps in full mode, steps in quick mode)
+TRAIN_TASKS: dict[str, tuple[Callable, int, int]] = {
+    "digits": (task_digits, 600, 150),
+}
+
+
+def run_train_task(name: str, steps: int, seeds: list[int], lr_pick: Callable, bar: tqdm) -> dict:
+    fn = TRAIN_TASKS[name][0]
+    out = {}
+    for opt_name, (factory, grid) in OPTIMIZERS.items():
+        per_lr = {}
+        for lr in lr_pick(grid):
+            runs = []
+            for seed in seeds:
+                runs.append(fn(factory, lr, seed, steps))
+                bar.update(1)
+            per_lr[lr] = runs
+        # Best lr by mean final validation loss over seeds (diverged runs count as +inf).
+        best_lr = min(per_lr, key=lambda lr: statistics.fmean(r.val_loss for r in per_lr[lr]))
+        runs = per_lr[best_lr]
+        losses = [r.val_loss for r in runs]
+        out[opt_name] = dict(
+            best_lr=best_lr,
+            val_loss_mean=statistics.fmean(losses),
+            val_loss_std=statistics.stdev(losses) if len(losses) > 1 else 0.0,
+            val_acc_mean=statistics.fmean(r.extra.get("val_acc", float("nan")) for r in runs),
+            sec_per_step=statistics.fmean(r.sec_per_step for lr_runs in per_lr.values()
+                                          for r in lr_runs),
+            sweep={str(lr): [r.val_loss for r in rs] for lr, rs in per_lr.items()},
+            curve_steps=runs[0].curve_steps,
+            curve_mean=[statistics.fmean(c) for c in zip(*(r.curve for r in runs))],
+        )
+    base = out["adamw"]["sec_per_step"]
+    for v in out.values():
+        v["time_vs_adamw"] = v["sec_per_step"] / base
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _table(toy: dict, train: dict) -> str:
+    lines = ["Toy (Eq. 53): steps to psi < %g from (%g, %g), best lr of %d"
+             % (TOY["threshold"], TOY["r0"], TOY["theta0"], len(TOY_LRS)),
+             f"| {'optimizer':<15} | {'steps':>6} | {'best lr':>8} |",
+             f"|{'-' * 17}|{'-' * 8}|{'-' * 10}|"]
+    for name, v in toy.items():
+        s = v["steps_to_threshold"]
+        lines.append(f"| {name:<15} | {s if s is not None else 'never':>6} | {v['lr']:>8.2g} |")
+    for task, res in train.items():
+        lines += ["", f"{task}: final validation loss at the best lr (mean +- std over seeds)",
+                  f"| {'optimizer':<15} | {'best lr':>8} | {'val loss':>17} | {'val acc':>7} "
+                  f"| {'time/step vs AdamW':>18} |",
+                  f"|{'-' * 17}|{'-' * 10}|{'-' * 19}|{'-' * 9}|{'-' * 20}|"]
+        for name, v in res.items():
+            loss = f"{v['val_loss_mean']:.4f} +- {v['val_loss_std']:.4f}"
+            lines.append(f"| {name:<15} | {v['best_lr']:>8.2g} | {loss:>17} "
+                         f"| {v['val_acc_mean']:>7.3f} | {v['time_vs_adamw']:>18.2f} |")
+    return "\n".join(lines)
+
+
+def _plot(toy: dict, train: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 1 + len(train), figsize=(5.5 * (1 + len(train)), 4))
+    ax = axes[0]
+    for name, v in toy.items():
+        ax.semilogy(v["curve"], label=f"{name} (lr {v['lr']:.2g})")
+    ax.axhline(TOY["threshold"], color="gray", lw=0.8, ls="--")
+    ax.set(title="Toy, Eq. 53 (best lr)", xlabel="step", ylabel="loss")
+    ax.legend()
+    for ax, (task, res) in zip(axes[1:], train.items()):
+        for name, v in res.items():
+            ax.plot(v["curve_steps"], v["curve_mean"], label=f"{name} (lr {v['best_lr']:.2g})")
+        ax.set(title=f"{task}: validation loss (mean of seeds, best lr)", xlabel="step",
+               ylabel="val loss", yscale="log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke mode: 1 seed, fewer lrs and steps")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    seeds = [0] if args.quick else [0, 1, 2]
+    lr_pick = (lambda grid: grid[1:2]) if args.quick else (lambda grid: grid)
+    toy_steps = 3000
+    n_lr = 1 if args.quick else 3
+    total = len(TOY_OPTIMIZERS) * len(TOY_LRS) + len(TRAIN_TASKS) * len(OPTIMIZERS) * n_lr * len(seeds)
+    t0 = time.time()
+    with tqdm(total=total, desc="runs") as bar:
+        toy = run_toy(toy_steps, bar)
+        train = {
+            name: run_train_task(name, quick if args.quick else full, seeds, lr_pick, bar)
+            for name, (_, full, quick) in TRAIN_TASKS.items()
+        }
+    table = _table(toy, train)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        sha = ""
+    meta = dict(quick=args.quick, seeds=seeds, threads=args.threads, git_sha=sha,
+                torch=torch.__version__, python=platform.python_version(),
+                wall_seconds=round(time.time() - t0, 1), toy_config=TOY,
+                train_steps={k: (q if args.quick else f) for k, (_, f, q) in TRAIN_TASKS.items()})
+    (args.out / "optimizers.json").write_text(json.dumps(
+        dict(meta=meta, toy=toy, train=train, table=table), indent=1))
+    _plot(toy, train, args.out / "optimizers.png")
+    print(f"\nwrote {args.out / 'optimizers.json'} and {args.out / 'optimizers.png'}"
+          f" ({meta['wall_seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
