@@ -64,6 +64,16 @@ def test_split_nonempty_validation_and_test_from_three_documents(n):
         assert all(out[s] for s in SPLITS), {s: len(out[s]) for s in SPLITS}
 
 
+def test_split_nonempty_for_any_three_or_more_documents():
+    for n in range(3, 40):
+        for offset in range(0, 200, 20):
+            docs = [Document("s", f"{i}", "x") for i in range(offset, offset + n)]
+            out = split_documents(docs)
+            assert all(out[s] for s in SPLITS), (n, offset)
+    singletons = [Document(f"source-{i}", "only", "x") for i in range(3)]
+    assert all(split_documents(singletons)[s] for s in SPLITS)
+
+
 def test_split_applies_per_source_and_keeps_corpus_order():
     docs = _docs(40, "a") + _docs(5, "b")
     out = split_documents(docs)

@@ -20,9 +20,11 @@ The split rule (:func:`split_documents`): each document gets ``u = sha256(source
 doc_id)`` read as a number in [0, 1); it goes to ``train`` if ``u < f_train``, to ``validation``
 if ``u < f_train + f_validation``, else to ``test`` (default fractions 0.9/0.05/0.05). A
 document's split therefore depends only on its own name, never on which other documents are
-present. The rule is applied per source; a source with at least 3 documents whose test (then
-validation) split came out empty gets the training document with the largest ``u`` moved there,
-so every split holds every domain. Within a split, documents keep corpus order.
+present. Fix-up for small corpora, per source and then for the whole corpus: a group of at least
+3 documents whose train, then test, then validation split came out empty gets one document moved
+there: the one whose ``u`` is nearest that split's range, taken from train when train holds 2+
+documents, else from the other split. So every split (with a non-zero fraction) is non-empty and
+holds every domain that has 3+ documents. Within a split, documents keep corpus order.
 """
 
 from __future__ import annotations
@@ -561,6 +563,18 @@ def split_of(doc: Document, *, fractions: Sequence[float] = DEFAULT_FRACTIONS) -
     return "train" if u < f_train else "validation" if u < f_train + f_val else "test"
 
 
+def _fill_split(
+    assignment: dict[tuple[str, str], str], keys: list[tuple[str, str]], target: str
+) -> None:
+    """Move into the empty split ``target`` the document nearest to its hash range, taken from
+    train if train has 2+ documents, else from the other split (the caller ensures 3+ keys)."""
+    members = {s: [k for k in keys if assignment[k] == s] for s in SPLITS if s != target}
+    donor = next(s for s in members if len(members[s]) > 1)  # dict order: train first
+    upward = SPLITS.index(target) > SPLITS.index(donor)
+    pick = max if upward else min
+    assignment[pick(members[donor], key=lambda k: _unit_hash(*k))] = target
+
+
 def split_documents(
     docs: Iterable[Document], *, fractions: Sequence[float] = DEFAULT_FRACTIONS
 ) -> dict[str, list[Document]]:
@@ -574,18 +588,18 @@ def split_documents(
     for d in docs:
         by_source.setdefault(d.source, []).append(d)
         assignment[(d.source, d.doc_id)] = split_of(d, fractions=fractions)
-    for source_docs in by_source.values():
-        if len(source_docs) < 3:
+    groups = [[(d.source, d.doc_id) for d in group] for group in by_source.values()]
+    groups.append(list(assignment))  # then the whole corpus (many sources of 1-2 documents)
+    for keys in groups:
+        if len(keys) < 3:
             continue
-        for target, fraction in (("test", fractions[2]), ("validation", fractions[1])):
-            if fraction == 0.0:
-                continue
-            keys = [(d.source, d.doc_id) for d in source_docs]
-            if any(assignment[k] == target for k in keys):
-                continue
-            train = [k for k in keys if assignment[k] == "train"]
-            if len(train) > 1:
-                assignment[max(train, key=lambda k: _unit_hash(*k))] = target
+        for target, fraction in (
+            ("train", fractions[0]),
+            ("test", fractions[2]),
+            ("validation", fractions[1]),
+        ):
+            if fraction > 0.0 and not any(assignment[k] == target for k in keys):
+                _fill_split(assignment, keys, target)
     out: dict[str, list[Document]] = {s: [] for s in SPLITS}
     for d in docs:
         out[assignment[(d.source, d.doc_id)]].append(d)
