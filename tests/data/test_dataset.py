@@ -139,6 +139,7 @@ def test_large_vocabulary_uses_uint32(tmp_path):
 
         # saved and reloaded as the byte tokenizer (same fingerprint): only the dtype matters here
 
+    assert TokenArray.from_documents([[70_000]], eot_id=0).ids.dtype == np.uint32
     arr = TokenArray.from_documents([[1, 2], [3]], eot_id=69_999)
     assert arr.ids.dtype == np.uint32 and arr.ids.tolist() == [1, 2, 69_999, 3, 69_999]
     data = prepare_documents(

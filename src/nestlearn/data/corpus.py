@@ -508,7 +508,8 @@ def load_corpus(
     """Load and concatenate sources in the given order.
 
     Each entry is a name from ``SOURCES`` or a path (a ``Path``, or a string that names an
-    existing file or directory, contains a path separator or ends in .txt/.jsonl).
+    existing file or directory, contains a path separator or ends in .txt/.jsonl). A known name
+    wins over a directory of the same name: write ``./shakespeare`` for the directory.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]

@@ -109,7 +109,8 @@ class TokenArray:
         """Build an in-memory array: each list followed by ``eot_id``."""
         lengths = np.array([len(t) + 1 for t in token_lists], dtype=np.int64)
         docs = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        dtype = np.uint16 if eot_id < 65536 else np.uint32
+        top = max([eot_id, *(max(t) for t in token_lists if len(t))])
+        dtype = np.uint16 if top < 65536 else np.uint32
         ids = np.empty(int(docs[-1]), dtype=dtype)
         for j, t in enumerate(token_lists):
             ids[docs[j] : docs[j + 1] - 1] = t
@@ -144,6 +145,8 @@ class TokenArray:
 
 
 class Batch(NamedTuple):
+    """One batch; ``inputs == eot_id`` marks document ends (where per-sequence memory resets)."""
+
     inputs: torch.Tensor  # [B, T] int64
     targets: torch.Tensor  # [B, T] int64, inputs shifted left by one
     positions: torch.Tensor  # [B] int64, offset of inputs[:, 0] in the split
@@ -152,7 +155,8 @@ class Batch(NamedTuple):
 def _batch(tokens: TokenArray, starts: np.ndarray, seq_len: int) -> Batch:
     rows = np.stack([tokens.window(int(s), seq_len + 1) for s in starts])  # [B, T + 1]
     data = torch.from_numpy(rows)
-    return Batch(data[:, :-1], data[:, 1:], torch.from_numpy(starts.astype(np.int64)))
+    inputs, targets = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    return Batch(inputs, targets, torch.from_numpy(starts.astype(np.int64)))
 
 
 def _concatenate(parts: list[TokenArray]) -> TokenArray:
