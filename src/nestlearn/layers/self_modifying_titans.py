@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.layers.conv import CausalDepthwiseConv
-from nestlearn.layers.norm import RMSNorm
+from nestlearn.layers.titans_memory import GatedHeadOutput
 from nestlearn.memory import MemoryState, memory_chunked, memory_read, memory_reference
 
 __all__ = ["SelfModifyingTitans", "SMTState"]
@@ -150,9 +150,7 @@ class SelfModifyingTitans(nn.Module):
         self.main_w2 = nn.Parameter(torch.empty(H, h, d))
         self.eta_bias = nn.Parameter(torch.empty(H))
         self.alpha_bias = nn.Parameter(torch.empty(H))
-        self.out_norm = RMSNorm(d)
-        self.gate_proj = nn.Linear(d_model, d_model, bias=False)
-        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+        self.output = GatedHeadOutput(d_model, d)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -174,7 +172,7 @@ class SelfModifyingTitans(nn.Module):
                 w1.normal_(0.0, 0.02)
             self.eta_bias.fill_(torch.logit(torch.tensor(0.1)).item())
             self.alpha_bias.fill_(torch.logit(torch.tensor(0.99)).item())
-            linears = [self.gate_proj, self.out_proj]
+            linears = [self.output.gate_proj, self.output.out_proj]
             if self.q_projection == "static":
                 linears.append(self.q_proj)
             if self.beta_proj is not None:
@@ -279,9 +277,8 @@ class SelfModifyingTitans(nn.Module):
             outs.append(o)
             start += L
         o = torch.cat(outs, dim=1) if outs else x.new_zeros(B, 0, H, d)  # [B, T, H, d]
-        y = self.out_norm(o).flatten(2) * F.silu(self.gate_proj(x))
         new_state = SMTState(vec=vec, gate=gate, main=main, conv=(conv_q, conv_k, conv_v))
-        return self.out_proj(y), new_state
+        return self.output(o, x), new_state
 
     def _segment_length(self, remaining: int, proj_offset: int, main_offset: int, impl) -> int:
         """Tokens until the next chunk boundary of either memory grid (the targets and

@@ -1,0 +1,186 @@
+"""Titans neural long-term memory (LMM), the Titans baseline's sequence mixer (Titans section 3-4;
+NL section 4.1-4.2 of our spec).
+
+    q, k, v = SiLU(conv(x W_q)), SiLU(conv(x W_k)), SiLU(conv(x W_v));  q, k l2-normalised per head
+    theta_t, alpha_t, beta_t = theta_max sigmoid(x W_theta), sigmoid(x W_alpha), sigmoid(x W_beta)
+    M_t = alpha_t M_{t-1} + S_t,  S_t = beta_t S_{t-1} - theta_t grad 1/2 ||M_c(k_t) - v_t||^2
+    o_t = M_c(q_t),  y = W_o (RMSNorm(o) * SiLU(x W_g))
+
+with the gradient of chunk c taken at the chunk-start weights (Titans Eq. 16-18, decision D2).
+Naming: Titans calls the learning rate theta, the momentum eta and the forget gate alpha (so its
+retention is 1 - alpha); here ``lr``, ``beta`` and the retention ``alpha`` follow NL. The memory is
+a matrix (``memory="linear"``) or the 2-layer residual MLP (``"residual_mlp"``, Titans' deep
+memory with L_M = 2). Unlike self-modifying Titans, all projections are static, so the whole
+sequence goes through the memory core in one chunk-parallel call.
+
+Dimension legend: B batch, T time, D model width, H heads, d = D / H, h memory hidden width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nestlearn.layers.conv import CausalDepthwiseConv
+from nestlearn.layers.norm import RMSNorm
+from nestlearn.memory import MemoryState, memory_chunked, memory_reference
+
+__all__ = ["GatedHeadOutput", "TitansMemory", "TitansState"]
+
+
+class GatedHeadOutput(nn.Module):
+    """Titans' output block (section 4.4): per-head RMSNorm, SiLU gate from the layer input, and
+    the output projection. ``o [B, T, H, d]``, ``x [B, T, D]`` -> ``[B, T, D]``."""
+
+    def __init__(self, d_model: int, head_dim: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm(head_dim)
+        self.gate_proj = nn.Linear(d_model, d_model, bias=False)
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, o: Tensor, x: Tensor) -> Tensor:
+        return self.out_proj(self.norm(o).flatten(2) * F.silu(self.gate_proj(x)))
+
+
+@dataclass(frozen=True)
+class TitansState:
+    """Recurrent state of a Titans memory layer: the memory and the q, k, v convolution windows."""
+
+    memory: MemoryState
+    conv: tuple[Tensor | None, Tensor | None, Tensor | None]
+
+    def detach(self) -> TitansState:
+        return TitansState(self.memory.detach(),
+                           tuple(None if c is None else c.detach() for c in self.conv))
+
+
+class TitansMemory(nn.Module):
+    """The Titans LMM layer: ``forward(x [B, T, D], *, state, attention_mask)`` ->
+    ``(y [B, T, D], state)``.
+
+    Args:
+        d_model: model width D; num_heads: heads H (D divisible by H).
+        memory: ``"residual_mlp"`` (deep memory, default) or ``"linear"``.
+        expansion: hidden width of the MLP memory in units of the head width.
+        chunk_size: C of the chunked update (Titans section 3.2).
+        conv_size: window of the causal depthwise convolutions.
+        lr_max: upper bound of the inner learning rate theta.
+        read: ``"chunk_start"`` (D2) or ``"per_token"`` (the dual form: token t reads M_t).
+        write_grad: ``"full"`` or ``"detach"`` (see ``nestlearn.memory``).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        memory: Literal["residual_mlp", "linear"] = "residual_mlp",
+        expansion: int = 2,
+        chunk_size: int = 16,
+        conv_size: int = 4,
+        lr_max: float = 1.0,
+        read: Literal["chunk_start", "per_token"] = "chunk_start",
+        write_grad: Literal["full", "detach"] = "full",
+    ) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+        for name, val, allowed in (("memory", memory, ("residual_mlp", "linear")),
+                                   ("read", read, ("chunk_start", "per_token")),
+                                   ("write_grad", write_grad, ("full", "detach"))):
+            if val not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {val!r}")
+        for name, val in (("expansion", expansion), ("chunk_size", chunk_size),
+                          ("conv_size", conv_size)):
+            if not isinstance(val, int) or val < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
+        if not lr_max > 0:
+            raise ValueError(f"lr_max must be > 0, got {lr_max}")
+        self.d_model, self.num_heads = d_model, num_heads
+        self.head_dim = d = d_model // num_heads
+        self.memory, self.chunk_size, self.lr_max = memory, chunk_size, lr_max
+        self.read, self.write_grad = read, write_grad
+        H = num_heads
+        self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.rates_proj = nn.Linear(d_model, 3 * H)  # theta, alpha, beta logits
+        self.conv_q = CausalDepthwiseConv(d_model, conv_size)
+        self.conv_k = CausalDepthwiseConv(d_model, conv_size)
+        self.conv_v = CausalDepthwiseConv(d_model, conv_size)
+        if memory == "linear":
+            self.mem_w = nn.Parameter(torch.empty(H, d, d))
+        else:
+            self.mem_w1 = nn.Parameter(torch.empty(H, d, expansion * d))
+            self.mem_w2 = nn.Parameter(torch.empty(H, expansion * d, d))
+        self.output = GatedHeadOutput(d_model, d)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initial values (the model's ``_init_weights`` calls this): projections N(0, 0.02^2);
+        rate biases so that theta = 0.1 lr_max, alpha = 0.99, beta = 0.5 at the start; the
+        memory's initial weights as in ``SelfModifyingTitans`` (W2 ~ N(0, 1/d), W1 and the linear
+        memory ~ N(0, 0.02^2))."""
+        H, d = self.num_heads, self.head_dim
+        with torch.no_grad():
+            for lin in (self.qkv_proj, self.rates_proj, self.output.gate_proj,
+                        self.output.out_proj):
+                lin.weight.normal_(0.0, 0.02)
+            bias = self.rates_proj.bias.view(3, H)
+            bias[0].fill_(torch.logit(torch.tensor(0.1)).item())
+            bias[1].fill_(torch.logit(torch.tensor(0.99)).item())
+            bias[2].zero_()
+            if self.memory == "linear":
+                self.mem_w.normal_(0.0, 0.02)
+            else:
+                self.mem_w1.normal_(0.0, 0.02)
+                self.mem_w2.normal_(0.0, d**-0.5)
+            for conv in (self.conv_q, self.conv_k, self.conv_v):
+                conv.reset_parameters()
+
+    def initial_state(self) -> TitansState:
+        weights = (self.mem_w,) if self.memory == "linear" else (self.mem_w1, self.mem_w2)
+        return TitansState(memory=MemoryState(weights=weights), conv=(None, None, None))
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        state: TitansState | None = None,
+        attention_mask: Tensor | None = None,
+        impl: Literal["chunked", "reference"] = "chunked",
+    ) -> tuple[Tensor, TitansState]:
+        B, T, D = x.shape
+        H, d = self.num_heads, self.head_dim
+        st = self.initial_state() if state is None else state
+        keep = None
+        if attention_mask is not None:
+            if attention_mask.shape != (B, T):
+                raise ValueError(
+                    f"attention_mask must have shape [{B}, {T}], got {tuple(attention_mask.shape)}"
+                )
+            keep = attention_mask.to(torch.bool)[..., None]  # [B, T, 1]
+            x = x * keep.to(x.dtype)
+        q_lin, k_lin, v_lin = self.qkv_proj(x).chunk(3, dim=-1)
+        cq, ck, cv = st.conv
+        q_lin, cq = self.conv_q(q_lin, state=cq)
+        k_lin, ck = self.conv_k(k_lin, state=ck)
+        v_lin, cv = self.conv_v(v_lin, state=cv)
+        q = F.normalize(F.silu(q_lin).view(B, T, H, d), dim=-1)
+        k = F.normalize(F.silu(k_lin).view(B, T, H, d), dim=-1)
+        v = F.silu(v_lin).view(B, T, H, d)
+        lr, alpha, beta = torch.sigmoid(self.rates_proj(x)).view(B, T, 3, H).unbind(2)
+        lr = self.lr_max * lr
+        alpha = alpha.clamp_min(1e-4)  # the memory core takes gate products in log space
+        if keep is not None:  # padding writes nothing
+            lr = lr * keep
+            alpha = torch.where(keep, alpha, torch.ones_like(alpha))
+        update = memory_chunked if impl == "chunked" else memory_reference
+        o, mem = update(
+            q, k, v, lr, alpha, beta, memory=self.memory, objective="l2", rule="gd",
+            chunk_size=self.chunk_size, read=self.read, initial_state=st.memory,
+            write_grad=self.write_grad,
+        )
+        return self.output(o, x), TitansState(memory=mem, conv=(cq, ck, cv))

@@ -1,0 +1,131 @@
+"""Self-modifying Titans and the Titans memory layer: the chunked path equals the token-by-token
+reference (outputs and gradients of every parameter), streaming equals one pass, gradients reach
+the meta-learned initial memories, batches equal their sequences one by one, padding writes
+nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nestlearn.layers.conv import CausalDepthwiseConv
+from nestlearn.layers.self_modifying_titans import SelfModifyingTitans
+from nestlearn.layers.titans_memory import TitansMemory
+
+DT = torch.float64
+D, H = 16, 2
+
+LAYERS = {
+    "smt": lambda: SelfModifyingTitans(D, H, chunk_size=4, proj_chunk_size=4),
+    "smt-grids-3-4": lambda: SelfModifyingTitans(D, H, chunk_size=4, proj_chunk_size=3),
+    "smt-gd-adaptive-q": lambda: SelfModifyingTitans(
+        D, H, chunk_size=4, proj_chunk_size=4, rule="gd", q_projection="adaptive",
+        momentum="none", retention="none"),
+    "titans-mlp": lambda: TitansMemory(D, H, chunk_size=4),
+    "titans-linear-per-token": lambda: TitansMemory(D, H, chunk_size=4, memory="linear",
+                                                    read="per_token"),
+}
+
+
+def _layer(name):
+    torch.manual_seed(1)
+    return LAYERS[name]().to(DT)
+
+
+def _close(a, b, what=""):
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("T", [1, 3, 4, 5, 11])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_chunked_matches_reference(name, T):
+    layer = _layer(name)
+    x = torch.randn(2, T, D, dtype=DT, requires_grad=True)
+    y_fast, _ = layer(x)
+    y_ref, _ = layer(x, impl="reference")
+    _close(y_fast, y_ref, "outputs")
+    params = [x] + [p for p in layer.parameters()]
+    g_fast = torch.autograd.grad(y_fast.square().sum(), params, allow_unused=True)
+    g_ref = torch.autograd.grad(y_ref.square().sum(), params, allow_unused=True)
+    names = ["x"] + [n for n, _ in layer.named_parameters()]
+    for n, a, b in zip(names, g_fast, g_ref):
+        assert (a is None) == (b is None), n
+        if a is not None:
+            _close(a, b, f"d/d{n}")
+
+
+@pytest.mark.parametrize("splits", [[4, 8], [3, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]],
+                         ids=["on-boundaries", "off-boundaries", "token-by-token"])
+@pytest.mark.parametrize("name", ["smt", "smt-grids-3-4", "titans-mlp"])
+def test_streaming_equals_one_pass(name, splits):
+    layer = _layer(name)
+    x = torch.randn(2, 11, D, dtype=DT)
+    y_full, _ = layer(x)
+    state, outs = None, []
+    for lo, hi in zip([0, *splits], [*splits, 11]):
+        y, state = layer(x[:, lo:hi], state=state)
+        outs.append(y)
+    _close(torch.cat(outs, 1), y_full, "streamed outputs")
+
+
+@pytest.mark.parametrize("name", ["smt", "smt-gd-adaptive-q"])
+def test_gradients_reach_every_initial_memory(name):
+    layer = _layer(name)
+    y, _ = layer(torch.randn(2, 13, D, dtype=DT))
+    y.square().sum().backward()
+    for n in ("vec_w1", "vec_w2", "gate_w1", "gate_w2", "main_w1", "main_w2", "eta_bias",
+              "alpha_bias"):
+        g = getattr(layer, n).grad
+        assert g is not None and g.abs().max() > 0, f"no gradient reaches {n}"
+
+
+@pytest.mark.parametrize("name", ["smt", "titans-mlp"])
+def test_batch_equals_one_by_one(name):
+    layer = _layer(name)
+    x = torch.randn(3, 9, D, dtype=DT)
+    y, _ = layer(x)
+    for b in range(3):
+        y_b, _ = layer(x[b:b + 1])
+        _close(y[b:b + 1], y_b, f"sequence {b}")
+
+
+@pytest.mark.parametrize("name", ["smt", "titans-mlp"])
+def test_left_padding_writes_nothing(name):
+    """A sequence left-padded by a whole number of chunks gives the outputs it gives alone, and
+    the padded positions never change the memory."""
+    layer = _layer(name)
+    x = torch.randn(1, 7, D, dtype=DT)
+    pad = torch.randn(1, 4, D, dtype=DT)  # garbage at padded positions must not matter
+    mask = torch.tensor([[0] * 4 + [1] * 7])
+    y_pad, s_pad = layer(torch.cat([pad, x], 1), attention_mask=mask)
+    y, s = layer(x)
+    _close(y_pad[:, 4:], y, "outputs after padding")
+
+
+def test_causal_conv_streams():
+    conv = CausalDepthwiseConv(5, 4).to(DT)
+    x = torch.randn(2, 9, 5, dtype=DT)
+    y, _ = conv(x)
+    y1, s = conv(x[:, :4])
+    y2, _ = conv(x[:, 4:], state=s)
+    _close(torch.cat([y1, y2], 1), y)
+    manual = sum(conv.weight[:, 0, j] * torch.nn.functional.pad(x, (0, 0, 3 - j, 0))[:, :9]
+                 for j in range(4))
+    _close(y, manual, "depthwise causal conv")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(d_model=10, num_heads=3), "divisible"),
+        (dict(rule="adam"), "rule"),
+        (dict(momentum="yes"), "momentum"),
+        (dict(q_projection="dynamic"), "q_projection"),
+        (dict(chunk_size=0), "chunk_size"),
+        (dict(eta_max=0.0), "eta_max"),
+    ],
+)
+def test_smt_invalid_config(kwargs, match):
+    kw = dict(d_model=D, num_heads=H) | kwargs
+    with pytest.raises(ValueError, match=match):
+        SelfModifyingTitans(kw.pop("d_model"), kw.pop("num_heads"), **kw)
