@@ -235,6 +235,8 @@ def test_sampler_errors(stream):
         RandomWindows(stream, seq_len=4, batch_size=1).load_state_dict(
             {"kind": "sequential", "step": 1}
         )
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        RandomWindows(stream, seq_len=4, batch_size=1, seed=-1)
     with pytest.raises(ValueError, match="epochs"):
         SequentialWindows(stream, seq_len=4, epochs=0)
 

@@ -189,8 +189,10 @@ class RandomWindows:
 
     def __init__(self, tokens: TokenArray, *, seq_len: int, batch_size: int, seed: int = 0) -> None:
         _check_window(tokens, seq_len, batch_size)
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
-        self.seed = int(seed)
+        self.seed = seed
         self.step = 0
 
     def __iter__(self) -> RandomWindows:
