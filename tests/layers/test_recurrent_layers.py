@@ -73,9 +73,8 @@ def test_gradients_reach_every_initial_memory(name):
     layer = _layer(name)
     y, _ = layer(torch.randn(2, 13, D, dtype=DT))
     y.square().sum().backward()
-    for n in ("vec_w1", "vec_w2", "gate_w1", "gate_w2", "main_w1", "main_w2", "eta_bias",
-              "alpha_bias"):
-        g = getattr(layer, n).grad
+    for n, p in layer.named_parameters():
+        g = p.grad
         assert g is not None and g.abs().max() > 0, f"no gradient reaches {n}"
 
 

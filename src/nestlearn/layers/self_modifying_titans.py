@@ -133,7 +133,8 @@ class SelfModifyingTitans(nn.Module):
         self.q_projection, self.write_grad = q_projection, write_grad
         H = num_heads
         n_vec = 3 if q_projection == "adaptive" else 2  # k, v[, q]
-        self.n_vec = n_vec
+        n_gate = 2 if retention == "learned" else 1  # eta[, alpha]
+        self.n_vec, self.n_gate = n_vec, n_gate
 
         if q_projection == "static":
             self.q_proj = nn.Linear(d_model, d_model, bias=False)
@@ -144,12 +145,12 @@ class SelfModifyingTitans(nn.Module):
         # Meta-learned initial states of the memories (D3), [heads, out, in] per weight.
         self.vec_w1 = nn.Parameter(torch.empty(n_vec * H, d, h))
         self.vec_w2 = nn.Parameter(torch.empty(n_vec * H, h, d))
-        self.gate_w1 = nn.Parameter(torch.empty(2 * H, 1, h))
-        self.gate_w2 = nn.Parameter(torch.empty(2 * H, h, d))
+        self.gate_w1 = nn.Parameter(torch.empty(n_gate * H, 1, h))
+        self.gate_w2 = nn.Parameter(torch.empty(n_gate * H, h, d))
         self.main_w1 = nn.Parameter(torch.empty(H, d, h))
         self.main_w2 = nn.Parameter(torch.empty(H, h, d))
         self.eta_bias = nn.Parameter(torch.empty(H))
-        self.alpha_bias = nn.Parameter(torch.empty(H))
+        self.alpha_bias = nn.Parameter(torch.empty(H)) if retention == "learned" else None
         self.output = GatedHeadOutput(d_model, d)
         self.reset_parameters()
 
@@ -171,7 +172,8 @@ class SelfModifyingTitans(nn.Module):
             for w1 in (self.vec_w1, self.gate_w1, self.main_w1):
                 w1.normal_(0.0, 0.02)
             self.eta_bias.fill_(torch.logit(torch.tensor(0.1)).item())
-            self.alpha_bias.fill_(torch.logit(torch.tensor(0.99)).item())
+            if self.alpha_bias is not None:
+                self.alpha_bias.fill_(torch.logit(torch.tensor(0.99)).item())
             linears = [self.output.gate_proj, self.output.out_proj]
             if self.q_projection == "static":
                 linears.append(self.q_proj)
@@ -245,7 +247,7 @@ class SelfModifyingTitans(nn.Module):
                 q = F.normalize(q_lin.view(B, L, H, d), dim=-1)
             else:
                 q = q_all[:, seg]
-            gates = _read_stacked(xs, gate, 2, "mlp")[..., 0]  # [B, L, 2H]
+            gates = _read_stacked(xs, gate, self.n_gate, "mlp")[..., 0]  # [B, L, n_gate*H]
             eta = self.eta_max * torch.sigmoid(gates[..., :H] + self.eta_bias)
             if self.retention == "learned":
                 # bounded away from 0: the memory core takes retention products in log space
@@ -259,7 +261,7 @@ class SelfModifyingTitans(nn.Module):
                 alpha = None if alpha is None else torch.where(m, alpha, torch.ones_like(alpha))
             # 2. self-generated targets v_hat = M(v) at each memory's chunk-start state (Eq. 84)
             vhat_vec = _read_stacked(v, vec, self.n_vec, "residual_mlp")
-            vhat_gate = _read_stacked(v, gate, 2, "mlp")
+            vhat_gate = _read_stacked(v, gate, self.n_gate, "mlp")
             vhat_main = _read_stacked(v, main, 1, "residual_mlp")
 
             # 3. DGD + retention + momentum writes (Eq. 88); the main memory also reads q (Eq. 94)
@@ -272,7 +274,7 @@ class SelfModifyingTitans(nn.Module):
                 )
 
             _, vec = write(vec, self.n_vec, vhat_vec, "residual_mlp", self.proj_chunk_size)
-            _, gate = write(gate, 2, vhat_gate, "mlp", self.proj_chunk_size)
+            _, gate = write(gate, self.n_gate, vhat_gate, "mlp", self.proj_chunk_size)
             o, main = write(main, 1, vhat_main, "residual_mlp", self.chunk_size, query=q)
             outs.append(o)
             start += L
