@@ -95,21 +95,29 @@ class TransformerPreTrainedModel(NestlearnPreTrainedModel):
 
         N is the number of blocks: the two residual writes per block are scaled down so the
         residual stream's variance does not grow with depth (GPT-2, Radford et al. 2019, sec. 2.3).
-        ``transformers`` calls this on every module, children before parents, so the residual
-        projections first get the plain init as ``nn.Linear`` and are then overwritten here.
+        ``transformers`` 5 calls this only on modules that own parameters directly (for custom code
+        it skips parameter-free containers such as ``Attention``), so the residual projections are
+        recognised by their path, ``*.attn.o_proj`` and ``*.mlp.down_proj``.
         """
         std = self.config.initializer_range
-        residual_std = std / math.sqrt(2 * self.config.num_hidden_layers)
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, nn.Linear):
+            if _is_residual_projection(self, module):
+                std = std / math.sqrt(2 * self.config.num_hidden_layers)
             init.normal_(module.weight, mean=0.0, std=std)
-            if getattr(module, "bias", None) is not None:
+            if module.bias is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
-        elif isinstance(module, Attention):
-            init.normal_(module.o_proj.weight, mean=0.0, std=residual_std)
-        elif isinstance(module, SwiGLU):
-            init.normal_(module.down_proj.weight, mean=0.0, std=residual_std)
+
+
+def _is_residual_projection(model: nn.Module, linear: nn.Linear) -> bool:
+    """Whether ``linear`` is a block's output projection into the residual stream."""
+    return any(
+        m is linear and name.endswith(("attn.o_proj", "mlp.down_proj"))
+        for name, m in model.named_modules()
+    )
 
 
 class TransformerModel(DecoderModelMixin, TransformerPreTrainedModel):
