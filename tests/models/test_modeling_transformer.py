@@ -4,6 +4,8 @@ Dimension legend: B batch, T tokens, V vocabulary.
 """
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -363,3 +365,21 @@ def test_wrong_cache_type_raises():
         model(torch.randint(0, V, (1, 3)), past_key_values=[None, None])
     with pytest.raises(ValueError, match="layer states"):
         model(torch.randint(0, V, (1, 3)), past_key_values=LayerStateCache(5))
+
+
+def test_bad_attention_mask_raises():
+    model = make_model()
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(torch.randint(0, V, (2, 4)), attention_mask=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(torch.randint(0, V, (2, 4)), attention_mask=torch.ones(2, 1, 4, 4))
+
+
+def test_import_nestlearn_has_no_side_effects():
+    code = (
+        "import sys, nestlearn; assert 'transformers' not in sys.modules; "
+        "from nestlearn import TransformerConfig; "
+        "from transformers import CONFIG_MAPPING; "
+        "assert CONFIG_MAPPING['nestlearn_transformer'] is TransformerConfig"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

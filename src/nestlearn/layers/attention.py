@@ -277,7 +277,11 @@ class Attention(nn.Module):
 
 
 def _new_token_mask(attention_mask: Tensor | None, *, batch: int, num_new: int) -> Tensor | None:
-    """The padding mask of the ``num_new`` new tokens as ``[B, T]`` bool, or ``None`` if all real."""
+    """The padding mask of the ``num_new`` new tokens as ``[B, T]`` bool (``None`` if none given).
+
+    An all-ones mask is kept rather than dropped: checking would cost a device sync per layer. The
+    model drops it once per forward instead (``nestlearn.models.base``).
+    """
     if attention_mask is None:
         return None
     if attention_mask.ndim != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] < num_new:
@@ -285,8 +289,7 @@ def _new_token_mask(attention_mask: Tensor | None, *, batch: int, num_new: int) 
             f"attention_mask must be a 2-D [batch={batch}, T_total>={num_new}] 0/1 padding mask, "
             f"got shape {tuple(attention_mask.shape)}"
         )
-    new_mask = attention_mask[:, attention_mask.shape[1] - num_new :].bool()  # [B, T]
-    return None if bool(new_mask.all()) else new_mask
+    return attention_mask[:, attention_mask.shape[1] - num_new :].bool()  # [B, T]
 
 
 def _concat_masks(

@@ -113,11 +113,16 @@ class DecoderModelMixin:
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)  # [B, T, D]
         T = inputs_embeds.shape[1]
-        if attention_mask is not None and attention_mask.ndim != 2:
-            raise ValueError(
-                f"attention_mask must be the 2-D [batch, tokens] 0/1 padding mask, got shape "
-                f"{tuple(attention_mask.shape)}"
-            )
+        if attention_mask is not None:
+            if attention_mask.ndim != 2 or attention_mask.shape[1] < T:
+                raise ValueError(
+                    f"attention_mask must be the 2-D [batch, tokens>={T}] 0/1 padding mask, got shape "
+                    f"{tuple(attention_mask.shape)}"
+                )
+            if bool(attention_mask[:, -T:].all()):
+                # All new tokens are real. Block states remember earlier padding themselves, so the
+                # mask carries no information and dropping it lets blocks take unmasked fast paths.
+                attention_mask = None
 
         cache = past_key_values
         if cache is not None and not isinstance(cache, LayerStateCache):
