@@ -21,7 +21,13 @@ _LAZY_EXPORTS = {
     "TransformerModel": "nestlearn.models",
 }
 
-__all__ = ["__version__", *_LAZY_EXPORTS]
+__all__ = [
+    "LayerStateCache",
+    "TransformerConfig",
+    "TransformerForCausalLM",
+    "TransformerModel",
+    "__version__",
+]
 
 
 def __getattr__(name: str):

@@ -66,12 +66,12 @@ def naive_attention(layer, x, *, mask=None):
 
 
 CONFIGS = [
-    pytest.param(dict(), id="mha"),
-    pytest.param(dict(num_kv_heads=2), id="gqa2"),
-    pytest.param(dict(num_kv_heads=1), id="mqa"),
-    pytest.param(dict(window=3), id="window3"),
-    pytest.param(dict(num_kv_heads=2, window=1), id="gqa2-window1"),
-    pytest.param(dict(num_heads=2, head_dim=6), id="head-dim6"),
+    pytest.param({}, id="mha"),
+    pytest.param({"num_kv_heads": 2}, id="gqa2"),
+    pytest.param({"num_kv_heads": 1}, id="mqa"),
+    pytest.param({"window": 3}, id="window3"),
+    pytest.param({"num_kv_heads": 2, "window": 1}, id="gqa2-window1"),
+    pytest.param({"num_heads": 2, "head_dim": 6}, id="head-dim6"),
 ]
 
 
@@ -136,7 +136,9 @@ def test_mask_of_new_tokens_only_is_accepted():
     torch.testing.assert_close(torch.cat([y1, y2], 1), y_full, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(num_kv_heads=2, window=3)], ids=["mha", "gqa-window"])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"num_kv_heads": 2, "window": 3}], ids=["mha", "gqa-window"]
+)
 def test_left_padded_rows_equal_unpadded(kwargs):
     layer = make_attention(**kwargs)
     a = torch.randn(1, 6, D, dtype=DTYPE)
@@ -187,12 +189,12 @@ def test_state_map_and_detach():
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        (dict(num_heads=4, num_kv_heads=3), "num_kv_heads"),
-        (dict(num_heads=5), "hidden_size"),
-        (dict(num_heads=4, head_dim=5), "head_dim"),
-        (dict(num_heads=4, window=0), "window"),
-        (dict(num_heads=0), "num_heads"),
-        (dict(num_heads=4, dropout=1.0), "dropout"),
+        ({"num_heads": 4, "num_kv_heads": 3}, "num_kv_heads"),
+        ({"num_heads": 5}, "hidden_size"),
+        ({"num_heads": 4, "head_dim": 5}, "head_dim"),
+        ({"num_heads": 4, "window": 0}, "window"),
+        ({"num_heads": 0}, "num_heads"),
+        ({"num_heads": 4, "dropout": 1.0}, "dropout"),
     ],
 )
 def test_invalid_arguments_raise(kwargs, field):
@@ -219,5 +221,7 @@ def test_rmsnorm_and_swiglu_formulas():
     mlp = SwiGLU(D, hidden_size=40).to(DTYPE)
     g, u, d = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
     h = x @ g.T
-    torch.testing.assert_close(mlp(x), (h * torch.sigmoid(h) * (x @ u.T)) @ d.T, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        mlp(x), (h * torch.sigmoid(h) * (x @ u.T)) @ d.T, rtol=1e-12, atol=1e-12
+    )
     assert swiglu_hidden_size(1024) == 2816 and swiglu_hidden_size(1536) == 4096

@@ -18,14 +18,14 @@ V = 97
 
 
 def tiny_config(**overrides):
-    kwargs = dict(
-        vocab_size=V,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        initializer_range=0.2,
-    )
+    kwargs = {
+        "vocab_size": V,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 48,
+        "initializer_range": 0.2,
+    }
     kwargs.update(overrides)
     return TransformerConfig(**kwargs)
 
@@ -41,11 +41,11 @@ def make_model(**overrides):
 
 
 MODEL_VARIANTS = [
-    pytest.param(dict(), id="global"),
-    pytest.param(dict(sliding_window=3), id="window3"),
-    pytest.param(dict(num_key_value_heads=2, sliding_window=5), id="gqa-window5"),
+    pytest.param({}, id="global"),
+    pytest.param({"sliding_window": 3}, id="window3"),
+    pytest.param({"num_key_value_heads": 2, "sliding_window": 5}, id="gqa-window5"),
 ]
-TOL = dict(rtol=1e-9, atol=1e-9)
+TOL = {"rtol": 1e-9, "atol": 1e-9}
 
 
 def left_padded(seqs):
@@ -150,7 +150,9 @@ def test_generate_left_padded_equals_each_prompt_alone():
     model = make_model(sliding_window=4)
     seqs = [torch.randint(1, V, (n,)) for n in (6, 3)]
     ids, mask = left_padded(seqs)
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    out = model.generate(
+        ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0
+    )
     for i, seq in enumerate(seqs):
         alone = model.generate(seq.unsqueeze(0), max_new_tokens=6, do_sample=False, pad_token_id=0)
         torch.testing.assert_close(out[i, ids.shape[1] :], alone[0, len(seq) :], rtol=0, atol=0)
@@ -161,7 +163,7 @@ def test_generate_with_cache_equals_without(decoding):
     """Beam search reorders the cache (LayerStateCache.reorder_cache); it must match a cache-free run."""
     model = make_model(sliding_window=5)
     ids = torch.randint(0, V, (2, 4))
-    kwargs = dict(max_new_tokens=7, do_sample=False, pad_token_id=0)
+    kwargs = {"max_new_tokens": 7, "do_sample": False, "pad_token_id": 0}
     if decoding == "beam":
         kwargs.update(num_beams=3, num_return_sequences=2)
     with_cache = model.generate(ids, use_cache=True, **kwargs)
@@ -172,7 +174,13 @@ def test_generate_with_cache_equals_without(decoding):
 def test_generate_sampling_runs_and_is_seeded():
     model = make_model()
     ids = torch.randint(0, V, (2, 4))
-    kwargs = dict(max_new_tokens=10, do_sample=True, top_k=20, temperature=1.5, pad_token_id=0)
+    kwargs = {
+        "max_new_tokens": 10,
+        "do_sample": True,
+        "top_k": 20,
+        "temperature": 1.5,
+        "pad_token_id": 0,
+    }
     torch.manual_seed(1)
     a = model.generate(ids, num_return_sequences=2, **kwargs)
     torch.manual_seed(1)
@@ -193,7 +201,9 @@ def test_generate_continues_from_a_user_cache():
         model(ids[:, :4], past_key_values=cache)
     assert cache.get_seq_length() == 4
     # generate() is given the full ids; it feeds only the 2 tokens the cache has not seen.
-    out = model.generate(ids, past_key_values=cache, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    out = model.generate(
+        ids, past_key_values=cache, max_new_tokens=5, do_sample=False, pad_token_id=0
+    )
     torch.testing.assert_close(out, manual_greedy(model, ids, 5), rtol=0, atol=0)
 
 
@@ -229,7 +239,9 @@ def test_save_pretrained_from_pretrained_round_trip(tmp_path, tie):
             # Weights are bitwise equal; the logits may differ in the last bits only because
             # safetensors hands back tensors at a different memory alignment, which changes the
             # BLAS kernel's summation order.
-            torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(
+                loaded(ids).logits, model(ids).logits, rtol=1e-12, atol=1e-12
+            )
 
 
 def test_untied_embeddings_are_separate_parameters():
@@ -251,7 +263,7 @@ def test_config_round_trip(tmp_path):
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert type(loaded) is TransformerConfig
-    without_path = lambda c: {k: v for k, v in c.to_dict().items() if k != "_name_or_path"}  # noqa: E731
+    without_path = lambda c: {k: v for k, v in c.to_dict().items() if k != "_name_or_path"}
     assert without_path(loaded) == without_path(config)
     assert (loaded.sliding_window, loaded.head_dim, loaded.num_key_value_heads) == (7, 8, 2)
 

@@ -30,8 +30,8 @@ G key/value heads (H is a multiple of G), Dh head width.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,9 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, *, base: float = 10000.0) -> None:
         super().__init__()
         if head_dim <= 0 or head_dim % 2 != 0:
-            raise ValueError(f"RotaryEmbedding head_dim must be a positive even integer, got {head_dim}")
+            raise ValueError(
+                f"RotaryEmbedding head_dim must be a positive even integer, got {head_dim}"
+            )
         if base <= 0:
             raise ValueError(f"RotaryEmbedding base must be > 0, got {base}")
         self.head_dim = head_dim
@@ -191,7 +193,9 @@ class Attention(nn.Module):
         H, G, Dh = self.num_heads, self.num_kv_heads, self.head_dim
         new_mask = _new_token_mask(attention_mask, batch=B, num_new=T)  # [B, T] bool or None
         if state is not None and state.keys.shape[0] != B:
-            raise ValueError(f"state batch size {state.keys.shape[0]} does not match x batch size {B}")
+            raise ValueError(
+                f"state batch size {state.keys.shape[0]} does not match x batch size {B}"
+            )
 
         # RoPE positions: count real tokens per row, continuing from the state.
         if position_ids is None:
@@ -228,13 +232,19 @@ class Attention(nn.Module):
             k = torch.cat([state.keys, k], dim=2)  # [B, G, S + T, Dh]
             v = torch.cat([state.values, v], dim=2)  # [B, G, S + T, Dh]
         key_mask = _concat_masks(
-            None if state is None else state.key_mask, new_mask, batch=B, num_past=num_past, num_new=T
+            None if state is None else state.key_mask,
+            new_mask,
+            batch=B,
+            num_past=num_past,
+            num_new=T,
         )  # [B, S + T] bool or None
 
         # Column indices of queries and keys in the stream (pads included).
         q_col = num_seen + torch.arange(T, device=x.device)  # [T]
         k_col = num_seen - num_past + torch.arange(num_past + T, device=x.device)  # [S + T]
-        needs_mask = num_past > 0 or key_mask is not None or (self.window is not None and T > self.window)
+        needs_mask = (
+            num_past > 0 or key_mask is not None or (self.window is not None and T > self.window)
+        )
         attn_mask = None
         if needs_mask:
             delta = q_col.unsqueeze(-1) - k_col.unsqueeze(0)  # [T, S + T]
@@ -243,8 +253,12 @@ class Attention(nn.Module):
                 allowed = allowed & (delta < self.window)
             if key_mask is not None:
                 # A padded query keeps its own key so that its softmax row is never empty.
-                allowed = (allowed.unsqueeze(0) & key_mask.unsqueeze(1)) | (delta == 0)  # [B, T, S + T]
-            attn_mask = allowed.unsqueeze(-3) if allowed.ndim == 3 else allowed  # [B, 1, T, S+T] | [T, S+T]
+                allowed = (allowed.unsqueeze(0) & key_mask.unsqueeze(1)) | (
+                    delta == 0
+                )  # [B, T, S + T]
+            attn_mask = (
+                allowed.unsqueeze(-3) if allowed.ndim == 3 else allowed
+            )  # [B, 1, T, S+T] | [T, S+T]
 
         k_h = k.repeat_interleave(H // G, dim=1) if G != H else k  # [B, H, S + T, Dh]
         v_h = v.repeat_interleave(H // G, dim=1) if G != H else v  # [B, H, S + T, Dh]
@@ -284,7 +298,11 @@ def _new_token_mask(attention_mask: Tensor | None, *, batch: int, num_new: int) 
     """
     if attention_mask is None:
         return None
-    if attention_mask.ndim != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] < num_new:
+    if (
+        attention_mask.ndim != 2
+        or attention_mask.shape[0] != batch
+        or attention_mask.shape[1] < num_new
+    ):
         raise ValueError(
             f"attention_mask must be a 2-D [batch={batch}, T_total>={num_new}] 0/1 padding mask, "
             f"got shape {tuple(attention_mask.shape)}"

@@ -18,7 +18,9 @@ def swiglu_hidden_size(dim: int, *, multiple_of: int = 256) -> int:
     the two matrices of a plain ``4 * dim`` MLP.
     """
     if dim <= 0 or multiple_of <= 0:
-        raise ValueError(f"dim and multiple_of must be positive, got dim={dim}, multiple_of={multiple_of}")
+        raise ValueError(
+            f"dim and multiple_of must be positive, got dim={dim}, multiple_of={multiple_of}"
+        )
     hidden = int(8 * dim / 3)
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 

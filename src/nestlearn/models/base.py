@@ -44,7 +44,7 @@ Dimension legend: B batch, T new tokens, D model width, V vocabulary.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ class NestlearnPreTrainedModel(PreTrainedModel):
 
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement: ClassVar[list[str]] = ["past_key_values"]
     # States cannot be rolled back, so assisted (speculative) decoding is refused by generate().
     _is_stateful = True
 
@@ -106,7 +106,9 @@ class DecoderModelMixin:
             raise ValueError("output_attentions is not supported by nestlearn models")
         use_cache = self.config.use_cache if use_cache is None else use_cache
         output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+            self.config.output_hidden_states
+            if output_hidden_states is None
+            else output_hidden_states
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
 

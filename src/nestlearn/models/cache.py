@@ -32,7 +32,8 @@ backpropagation; tuples/lists of such states and ``None`` are handled.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
@@ -51,7 +52,9 @@ class LayerStateCache:
 
     def __init__(self, num_layers: int) -> None:
         if num_layers <= 0:
-            raise ValueError(f"LayerStateCache num_layers must be a positive integer, got {num_layers}")
+            raise ValueError(
+                f"LayerStateCache num_layers must be a positive integer, got {num_layers}"
+            )
         self.states: list[Any] = [None] * num_layers
         self.num_seen_tokens = 0
 
@@ -103,7 +106,9 @@ def _map_state(state: Any, fn: Callable[[Tensor], Tensor]) -> Any:
         return type(state)(_map_state(s, fn) for s in state)
     if hasattr(state, "map"):
         return state.map(fn)
-    raise TypeError(f"cannot map over a state of type {type(state).__name__}: give it a map(fn) method")
+    raise TypeError(
+        f"cannot map over a state of type {type(state).__name__}: give it a map(fn) method"
+    )
 
 
 def _detach_state(state: Any) -> Any:
@@ -115,4 +120,6 @@ def _detach_state(state: Any) -> Any:
         return type(state)(_detach_state(s) for s in state)
     if hasattr(state, "detach"):
         return state.detach()
-    raise TypeError(f"cannot detach a state of type {type(state).__name__}: give it a detach() method")
+    raise TypeError(
+        f"cannot detach a state of type {type(state).__name__}: give it a detach() method"
+    )

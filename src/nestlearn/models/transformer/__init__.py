@@ -1,6 +1,9 @@
 """The Transformer++ baseline (spec D10)."""
 
-from nestlearn.models.transformer.configuration_transformer import TRANSFORMER_PRESETS, TransformerConfig
+from nestlearn.models.transformer.configuration_transformer import (
+    TRANSFORMER_PRESETS,
+    TransformerConfig,
+)
 from nestlearn.models.transformer.modeling_transformer import (
     TransformerBlock,
     TransformerForCausalLM,

@@ -11,7 +11,7 @@ line of work with vocabulary 32000 and untied embeddings. Parameter counts: ``nu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import PreTrainedConfig
 
@@ -20,10 +20,30 @@ from nestlearn.layers.mlp import swiglu_hidden_size
 __all__ = ["TRANSFORMER_PRESETS", "TransformerConfig"]
 
 TRANSFORMER_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(vocab_size=4096, hidden_size=256, num_hidden_layers=4, num_attention_heads=4),
-    "340M": dict(vocab_size=32000, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
-    "760M": dict(vocab_size=32000, hidden_size=1536, num_hidden_layers=24, num_attention_heads=24),
-    "1.3B": dict(vocab_size=32000, hidden_size=2048, num_hidden_layers=24, num_attention_heads=32),
+    "tiny": {
+        "vocab_size": 4096,
+        "hidden_size": 256,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+    },
+    "340M": {
+        "vocab_size": 32000,
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+    },
+    "760M": {
+        "vocab_size": 32000,
+        "hidden_size": 1536,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 24,
+    },
+    "1.3B": {
+        "vocab_size": 32000,
+        "hidden_size": 2048,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 32,
+    },
 }
 
 
@@ -63,7 +83,7 @@ class TransformerConfig(PreTrainedConfig):
     """
 
     model_type = "nestlearn_transformer"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
 
     vocab_size: int = 4096
     hidden_size: int = 256
@@ -113,13 +133,19 @@ class TransformerConfig(PreTrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a number > 0, got {value!r}")
-        if isinstance(self.initializer_range, bool) or not isinstance(
-            self.initializer_range, (int, float)
-        ) or self.initializer_range < 0:
-            raise ValueError(f"initializer_range must be a number >= 0, got {self.initializer_range!r}")
-        if isinstance(self.attention_dropout, bool) or not isinstance(
-            self.attention_dropout, (int, float)
-        ) or not 0.0 <= self.attention_dropout < 1.0:
+        if (
+            isinstance(self.initializer_range, bool)
+            or not isinstance(self.initializer_range, (int, float))
+            or self.initializer_range < 0
+        ):
+            raise ValueError(
+                f"initializer_range must be a number >= 0, got {self.initializer_range!r}"
+            )
+        if (
+            isinstance(self.attention_dropout, bool)
+            or not isinstance(self.attention_dropout, (int, float))
+            or not 0.0 <= self.attention_dropout < 1.0
+        ):
             raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout!r}")
         super().__post_init__(**kwargs)
 

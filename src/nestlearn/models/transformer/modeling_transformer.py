@@ -12,6 +12,7 @@ Dimension legend: B batch, T tokens, D model width.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 from torch import Tensor, nn
 from transformers import GenerationMixin
@@ -81,7 +82,7 @@ class TransformerBlock(nn.Module):
 class TransformerPreTrainedModel(NestlearnPreTrainedModel):
     config_class = TransformerConfig
     config: TransformerConfig
-    _no_split_modules = ["TransformerBlock"]
+    _no_split_modules: ClassVar[list[str]] = ["TransformerBlock"]
     supports_gradient_checkpointing = False
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -136,7 +137,7 @@ class TransformerModel(DecoderModelMixin, TransformerPreTrainedModel):
 class TransformerForCausalLM(CausalLMMixin, TransformerPreTrainedModel, GenerationMixin):
     """Transformer++ language model; returns ``CausalLMOutputWithPast`` (loss when given labels)."""
 
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__(config)
