@@ -10,9 +10,10 @@ follows the sequence-mixing layer contract shared by every mixer in ``nestlearn.
   ``AttentionState``), or ``None`` at the start of a stream. It is opaque to the model: the model
   only stores it in the cache and hands it back. A state has ``map(fn)`` (apply ``fn`` to every
   tensor whose first dimension is the batch, e.g. to reorder beams) and ``detach()``.
-- ``attention_mask``: ``None`` or the Hugging Face 2-D 0/1 padding mask ``[B, T_total]`` with
-  ``T_total >= T``; its last ``T`` columns belong to ``x`` (generation passes the mask of the whole
-  sequence so far, a one-shot forward passes ``[B, T]``). Positions with 0 are never attended to.
+- ``attention_mask``: ``None`` (all tokens real) or the 0/1 padding mask of the new tokens,
+  ``[B, T]``. A wider Hugging Face mask ``[B, T_total]`` (the whole sequence so far, as
+  ``generate()`` builds it) is accepted too: only its last ``T`` columns are read, because the
+  state remembers which earlier tokens were padding. Positions with 0 are never attended to.
 - ``position_ids``: ``None`` or ``[B, T]`` / ``[1, T]`` RoPE positions. When ``None`` they are
   derived from the state and the mask: each row counts only its real (mask 1) tokens, so a
   left-padded row gets the same positions as the same sequence without padding.

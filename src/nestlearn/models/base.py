@@ -35,9 +35,12 @@ Block contract (the same as a sequence mixer's in ``nestlearn.layers``)::
                               position_ids=position_ids)
 
 ``hidden: [B, T, D]``; ``state`` is the block's entry of the ``LayerStateCache`` (``None`` at the
-start of a stream); ``attention_mask`` the 2-D ``[B, T_total]`` 0/1 padding mask or ``None`` (the
-last ``T`` columns are the new tokens); ``position_ids`` ``[B, T]`` or ``None`` (blocks without
-positional encoding ignore it). The returned state is stored for the next call when caching.
+start of a stream); ``attention_mask`` is ``None`` (every new token is real) or the ``[B, T]`` 0/1
+padding mask of the *new* tokens: the model slices the ``[B, T_total]`` mask that ``generate()``
+passes, so a block that needs to know about earlier padding must keep it in its state (as
+``AttentionState.key_mask`` does). Padded tokens must not change a block's state or any real
+token's output. ``position_ids`` is ``[B, T]`` or ``None`` (blocks without positional encoding
+ignore it). The returned state is stored for the next call when caching.
 
 Dimension legend: B batch, T new tokens, D model width, V vocabulary.
 """
@@ -121,7 +124,8 @@ class DecoderModelMixin:
                     f"attention_mask must be the 2-D [batch, tokens>={T}] 0/1 padding mask, got shape "
                     f"{tuple(attention_mask.shape)}"
                 )
-            if bool(attention_mask[:, -T:].all()):
+            attention_mask = attention_mask[:, -T:]  # [B, T]
+            if bool(attention_mask.all()):
                 # All new tokens are real. Block states remember earlier padding themselves, so the
                 # mask carries no information and dropping it lets blocks take unmasked fast paths.
                 attention_mask = None
