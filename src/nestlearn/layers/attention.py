@@ -22,8 +22,9 @@ follows the sequence-mixing layer contract shared by every mixer in ``nestlearn.
 
 Masking uses *columns*: the index of a token in the stream, pads included. Query column i may
 attend key column j iff ``j <= i``, ``i - j < window`` (when a window is set) and key j is not
-padding. A padded query (which no real query ever looks at) attends to itself only, so softmax rows
-are never empty and no NaN appears in padded positions.
+padding. A padded query (whose output no real token ever reads) is also allowed its own key, so
+no softmax row is empty and no NaN appears at padded positions (with left padding it sees only
+itself).
 
 Dimension legend: B batch, T new tokens, S cached tokens, D model width, H query heads,
 G key/value heads (H is a multiple of G), Dh head width.
