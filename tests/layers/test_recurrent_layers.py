@@ -108,7 +108,7 @@ def test_causal_conv_streams():
     y1, s = conv(x[:, :4])
     y2, _ = conv(x[:, 4:], state=s)
     _close(torch.cat([y1, y2], 1), y)
-    manual = sum(conv.weight[:, 0, j] * torch.nn.functional.pad(x, (0, 0, 3 - j, 0))[:, :9]
+    manual = x + sum(conv.weight[:, 0, j] * torch.nn.functional.pad(x, (0, 0, 3 - j, 0))[:, :9]
                  for j in range(4))
     _close(y, manual, "depthwise causal conv")
 

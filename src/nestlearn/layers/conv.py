@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CausalDepthwiseConv"]
+__all__ = ["CausalDepthwiseConv", "new_token_mask"]
 
 
 class CausalDepthwiseConv(nn.Module):
-    """``y_t = sum_{j<K} w_j * x_{t-K+1+j}`` per channel; the last ``K-1`` inputs are the state, so
-    a stream processed in pieces gives the same output as one pass.
+    """``y_t = x_t + sum_{j<K} w_j * x_{t-K+1+j}`` per channel (a residual filter, so a fresh
+    layer passes its input through); the last ``K-1`` inputs are the state, so a stream processed
+    in pieces gives the same output as one pass.
 
     Args:
         channels: number of channels C (one filter each).
@@ -29,12 +30,10 @@ class CausalDepthwiseConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Start close to the identity (last tap 1, the others small), so a fresh layer passes
-        its input through and the convolution learns what local mixing helps."""
-        with torch.no_grad():
-            self.weight.normal_(0.0, 0.02)
-            self.weight[:, 0, -1] += 1.0
+    def reset_parameters(self, init=nn.init) -> None:
+        """Filter taps ~ N(0, 0.02^2). ``init`` is a ``torch.nn.init``-like namespace (models pass
+        ``transformers.initialization``, which skips weights loaded from a checkpoint)."""
+        init.normal_(self.weight, mean=0.0, std=0.02)
 
     def forward(self, x: Tensor, *, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``x: [B, T, C]``, ``state: [B, K-1, C]`` (zeros if None) -> ``(y [B, T, C], state)``."""
@@ -44,4 +43,17 @@ class CausalDepthwiseConv(nn.Module):
             state = x.new_zeros(B, K - 1, C)
         xp = torch.cat([state.to(x.dtype), x], dim=1)  # [B, K-1+T, C]
         y = F.conv1d(xp.transpose(1, 2), self.weight.to(x.dtype), groups=C).transpose(1, 2)
-        return y, xp[:, xp.shape[1] - (K - 1):]
+        return x + y, xp[:, xp.shape[1] - (K - 1):]
+
+
+def new_token_mask(attention_mask: Tensor, batch: int, num_new: int) -> Tensor:
+    """The ``[B, T]`` bool mask of the new tokens from a Hugging Face 2-D padding mask
+    ``[B, T_total]`` (its last ``T`` columns; generation passes the mask of the whole sequence)."""
+    if attention_mask.ndim != 2 or attention_mask.shape[0] != batch or (
+        attention_mask.shape[1] < num_new
+    ):
+        raise ValueError(
+            f"attention_mask must have shape [{batch}, >= {num_new}], got "
+            f"{tuple(attention_mask.shape)}"
+        )
+    return attention_mask[:, attention_mask.shape[1] - num_new:].to(torch.bool)

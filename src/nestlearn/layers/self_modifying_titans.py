@@ -37,6 +37,7 @@ width, h hidden width of a memory MLP, n number of memories stacked in a group.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.layers.conv import CausalDepthwiseConv
+from nestlearn.layers.conv import new_token_mask as _new_token_mask
 from nestlearn.layers.titans_memory import GatedHeadOutput
 from nestlearn.memory import MemoryState, memory_chunked, memory_read, memory_reference
 
@@ -65,11 +67,15 @@ class SMTState:
     main: MemoryState
     conv: tuple[Tensor | None, Tensor | None, Tensor | None]
 
-    def detach(self) -> SMTState:
+    def map(self, fn) -> SMTState:
+        """Apply ``fn`` to every batch-first tensor (beam reordering, batch selection)."""
         return SMTState(
-            vec=self.vec.detach(), gate=self.gate.detach(), main=self.main.detach(),
-            conv=tuple(None if c is None else c.detach() for c in self.conv),
+            vec=self.vec.map(fn), gate=self.gate.map(fn), main=self.main.map(fn),
+            conv=tuple(None if c is None else fn(c) for c in self.conv),
         )
+
+    def detach(self) -> SMTState:
+        return self.map(lambda t: t.detach())
 
 
 class SelfModifyingTitans(nn.Module):
@@ -154,37 +160,39 @@ class SelfModifyingTitans(nn.Module):
         self.output = GatedHeadOutput(d_model, d)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Initial values (the model's ``_init_weights`` calls this):
+    def reset_parameters(self, init=nn.init) -> None:
+        """Initial values (``init`` is a ``torch.nn.init``-like namespace; models pass
+        ``transformers.initialization``, which skips weights loaded from a checkpoint):
 
         ============================  ==========================================================
-        memory input weights ``W2``   N(0, 1/d): unit-scale hidden pre-activations for unit keys
+        memory input weights ``W2``   N(0, 1/d): hidden pre-activations of unit keys ~ N(0, 1/d)
         memory output weights ``W1``  N(0, 0.02^2): residual memories start near the identity
         ``b_eta``                     logit(0.1): eta starts at 0.1 eta_max
         ``b_alpha``                   logit(0.99): retention starts near 1 (D4)
         linear layers                 N(0, 0.02^2), biases 0
+        convolutions                  taps N(0, 0.02^2) (residual filters)
         ============================  ==========================================================
         """
         d = self.head_dim
-        with torch.no_grad():
-            for w2 in (self.vec_w2, self.gate_w2, self.main_w2):
-                w2.normal_(0.0, d**-0.5)
-            for w1 in (self.vec_w1, self.gate_w1, self.main_w1):
-                w1.normal_(0.0, 0.02)
-            self.eta_bias.fill_(torch.logit(torch.tensor(0.1)).item())
-            if self.alpha_bias is not None:
-                self.alpha_bias.fill_(torch.logit(torch.tensor(0.99)).item())
-            linears = [self.output.gate_proj, self.output.out_proj]
-            if self.q_projection == "static":
-                linears.append(self.q_proj)
-            if self.beta_proj is not None:
-                linears.append(self.beta_proj)
-            for lin in linears:
-                lin.weight.normal_(0.0, 0.02)
-                if lin.bias is not None:
-                    lin.bias.zero_()
-            for conv in (self.conv_q, self.conv_k, self.conv_v):
-                conv.reset_parameters()
+        for w2 in (self.vec_w2, self.gate_w2, self.main_w2):
+            init.normal_(w2, mean=0.0, std=d**-0.5)
+        for w1 in (self.vec_w1, self.gate_w1, self.main_w1):
+            init.normal_(w1, mean=0.0, std=0.02)
+        init.constant_(self.eta_bias, _logit(0.1))
+        if self.alpha_bias is not None:
+            init.constant_(self.alpha_bias, _logit(0.99))
+        linears = [self.output.gate_proj, self.output.out_proj]
+        if self.q_projection == "static":
+            linears.append(self.q_proj)
+        if self.beta_proj is not None:
+            linears.append(self.beta_proj)
+        for lin in linears:
+            init.normal_(lin.weight, mean=0.0, std=0.02)
+            if lin.bias is not None:
+                init.zeros_(lin.bias)
+        init.ones_(self.output.norm.weight)
+        for conv in (self.conv_q, self.conv_k, self.conv_v):
+            conv.reset_parameters(init)
 
     def initial_state(self) -> SMTState:
         """The state before any token: the meta-learned memories, empty convolution windows."""
@@ -201,6 +209,7 @@ class SelfModifyingTitans(nn.Module):
         *,
         state: SMTState | None = None,
         attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
         impl: Literal["chunked", "reference"] = "chunked",
     ) -> tuple[Tensor, SMTState]:
         """``x: [B, T, D]`` -> ``(y [B, T, D], state)``.
@@ -213,11 +222,7 @@ class SelfModifyingTitans(nn.Module):
         st = self.initial_state() if state is None else state
         keep = None
         if attention_mask is not None:
-            if attention_mask.shape != (B, T):
-                raise ValueError(
-                    f"attention_mask must have shape [{B}, {T}], got {tuple(attention_mask.shape)}"
-                )
-            keep = attention_mask.to(torch.bool)  # [B, T]
+            keep = _new_token_mask(attention_mask, B, T)  # [B, T]
             x = x * keep[..., None].to(x.dtype)
         conv_q, conv_k, conv_v = st.conv
         xh = F.normalize(x.view(B, T, H, d), dim=-1)
@@ -288,6 +293,10 @@ class SelfModifyingTitans(nn.Module):
         if impl == "reference":
             return 1
         return min(remaining, self.proj_chunk_size - proj_offset, self.chunk_size - main_offset)
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
 
 
 def _rep(x: Tensor | None, n: int) -> Tensor | None:

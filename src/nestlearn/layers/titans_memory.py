@@ -18,6 +18,7 @@ Dimension legend: B batch, T time, D model width, H heads, d = D / H, h memory h
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.layers.conv import CausalDepthwiseConv
+from nestlearn.layers.conv import new_token_mask as _new_token_mask
 from nestlearn.layers.norm import RMSNorm
 from nestlearn.memory import MemoryState, memory_chunked, memory_reference
 
@@ -53,9 +55,13 @@ class TitansState:
     memory: MemoryState
     conv: tuple[Tensor | None, Tensor | None, Tensor | None]
 
+    def map(self, fn) -> TitansState:
+        """Apply ``fn`` to every batch-first tensor (beam reordering, batch selection)."""
+        return TitansState(self.memory.map(fn),
+                           tuple(None if c is None else fn(c) for c in self.conv))
+
     def detach(self) -> TitansState:
-        return TitansState(self.memory.detach(),
-                           tuple(None if c is None else c.detach() for c in self.conv))
+        return self.map(lambda t: t.detach())
 
 
 class TitansMemory(nn.Module):
@@ -106,7 +112,9 @@ class TitansMemory(nn.Module):
         self.read, self.write_grad = read, write_grad
         H = num_heads
         self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.rates_proj = nn.Linear(d_model, 3 * H)  # theta, alpha, beta logits
+        self.lr_proj = nn.Linear(d_model, H)  # theta logits
+        self.alpha_proj = nn.Linear(d_model, H)  # retention logits
+        self.beta_proj = nn.Linear(d_model, H)  # momentum logits
         self.conv_q = CausalDepthwiseConv(d_model, conv_size)
         self.conv_k = CausalDepthwiseConv(d_model, conv_size)
         self.conv_v = CausalDepthwiseConv(d_model, conv_size)
@@ -118,27 +126,26 @@ class TitansMemory(nn.Module):
         self.output = GatedHeadOutput(d_model, d)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Initial values (the model's ``_init_weights`` calls this): projections N(0, 0.02^2);
-        rate biases so that theta = 0.1 lr_max, alpha = 0.99, beta = 0.5 at the start; the
-        memory's initial weights as in ``SelfModifyingTitans`` (W2 ~ N(0, 1/d), W1 and the linear
-        memory ~ N(0, 0.02^2))."""
-        H, d = self.num_heads, self.head_dim
-        with torch.no_grad():
-            for lin in (self.qkv_proj, self.rates_proj, self.output.gate_proj,
-                        self.output.out_proj):
-                lin.weight.normal_(0.0, 0.02)
-            bias = self.rates_proj.bias.view(3, H)
-            bias[0].fill_(torch.logit(torch.tensor(0.1)).item())
-            bias[1].fill_(torch.logit(torch.tensor(0.99)).item())
-            bias[2].zero_()
-            if self.memory == "linear":
-                self.mem_w.normal_(0.0, 0.02)
-            else:
-                self.mem_w1.normal_(0.0, 0.02)
-                self.mem_w2.normal_(0.0, d**-0.5)
-            for conv in (self.conv_q, self.conv_k, self.conv_v):
-                conv.reset_parameters()
+    def reset_parameters(self, init=nn.init) -> None:
+        """Initial values (``init`` is a ``torch.nn.init``-like namespace, see
+        ``SelfModifyingTitans.reset_parameters``): projections N(0, 0.02^2); rate biases so that
+        theta = 0.1 lr_max, alpha = 0.99, beta = 0.5 at the start; the memory's initial weights as
+        in ``SelfModifyingTitans`` (W2 ~ N(0, 1/d); W1 and a linear memory ~ N(0, 0.02^2))."""
+        d = self.head_dim
+        for lin in (self.qkv_proj, self.lr_proj, self.alpha_proj, self.beta_proj,
+                    self.output.gate_proj, self.output.out_proj):
+            init.normal_(lin.weight, mean=0.0, std=0.02)
+        init.constant_(self.lr_proj.bias, math.log(0.1 / 0.9))
+        init.constant_(self.alpha_proj.bias, math.log(0.99 / 0.01))
+        init.zeros_(self.beta_proj.bias)
+        init.ones_(self.output.norm.weight)
+        if self.memory == "linear":
+            init.normal_(self.mem_w, mean=0.0, std=0.02)
+        else:
+            init.normal_(self.mem_w1, mean=0.0, std=0.02)
+            init.normal_(self.mem_w2, mean=0.0, std=d**-0.5)
+        for conv in (self.conv_q, self.conv_k, self.conv_v):
+            conv.reset_parameters(init)
 
     def initial_state(self) -> TitansState:
         weights = (self.mem_w,) if self.memory == "linear" else (self.mem_w1, self.mem_w2)
@@ -150,6 +157,7 @@ class TitansMemory(nn.Module):
         *,
         state: TitansState | None = None,
         attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
         impl: Literal["chunked", "reference"] = "chunked",
     ) -> tuple[Tensor, TitansState]:
         B, T, D = x.shape
@@ -157,11 +165,7 @@ class TitansMemory(nn.Module):
         st = self.initial_state() if state is None else state
         keep = None
         if attention_mask is not None:
-            if attention_mask.shape != (B, T):
-                raise ValueError(
-                    f"attention_mask must have shape [{B}, {T}], got {tuple(attention_mask.shape)}"
-                )
-            keep = attention_mask.to(torch.bool)[..., None]  # [B, T, 1]
+            keep = _new_token_mask(attention_mask, B, T)[..., None]  # [B, T, 1]
             x = x * keep.to(x.dtype)
         q_lin, k_lin, v_lin = self.qkv_proj(x).chunk(3, dim=-1)
         cq, ck, cv = st.conv
@@ -171,9 +175,10 @@ class TitansMemory(nn.Module):
         q = F.normalize(F.silu(q_lin).view(B, T, H, d), dim=-1)
         k = F.normalize(F.silu(k_lin).view(B, T, H, d), dim=-1)
         v = F.silu(v_lin).view(B, T, H, d)
-        lr, alpha, beta = torch.sigmoid(self.rates_proj(x)).view(B, T, 3, H).unbind(2)
-        lr = self.lr_max * lr
-        alpha = alpha.clamp_min(1e-4)  # the memory core takes gate products in log space
+        lr = self.lr_max * torch.sigmoid(self.lr_proj(x))  # [B, T, H]
+        # bounded away from 0: the memory core takes gate products in log space
+        alpha = torch.sigmoid(self.alpha_proj(x)).clamp_min(1e-4)
+        beta = torch.sigmoid(self.beta_proj(x))
         if keep is not None:  # padding writes nothing
             lr = lr * keep
             alpha = torch.where(keep, alpha, torch.ones_like(alpha))
