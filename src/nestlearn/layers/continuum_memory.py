@@ -182,18 +182,24 @@ class ContinuumMemory(nn.Module):
             x = x + swiglu_apply(level.norm(x), *self.level_weights(st, i))
         return x, st
 
-    def fast_tensors(self, state: CMSState, batch: int) -> tuple[CMSState, list[Tensor]]:
+    def fast_tensors(self, state: CMSState, batch: int, *, leaf: bool = False
+                     ) -> tuple[CMSState, list[Tensor]]:
         """Give every in-context level per-sequence fast weights ``[B, ...]`` (expanding the
-        parameters where needed) and return them flat, for ``torch.autograd.grad``."""
+        parameters where needed) and return them flat, for ``torch.autograd.grad``.
+
+        ``leaf=True`` (inference) makes new fast weights leaves cut from the parameters, so a
+        state carried across calls holds no graph beyond what the inner gradients need."""
         fast = list(state.fast)
         flat = []
         for i in self.in_context:
             if fast[i] is None:
-                fast[i] = tuple(w.expand(batch, *w.shape) for w in self.levels[i].weights())
+                fast[i] = tuple(_maybe_leaf(w.expand(batch, *w.shape), leaf)
+                                for w in self.levels[i].weights())
             flat.extend(fast[i])
         return CMSState(tuple(fast), state.grad_sum, state.position), flat
 
-    def apply_update(self, state: CMSState, grads: list[Tensor], num_tokens: int) -> CMSState:
+    def apply_update(self, state: CMSState, grads: list[Tensor], num_tokens: int, *,
+                     leaf: bool = False) -> CMSState:
         """Advance ``state`` by ``num_tokens`` tokens whose summed task-loss gradient w.r.t. the
         tensors of :meth:`fast_tensors` is ``grads`` (same order). Levels whose chunk ends inside
         this span (``position`` crosses a multiple of their period) apply ``-lr * sum`` (Eq. 71);
@@ -207,7 +213,7 @@ class ContinuumMemory(nn.Module):
             acc[i] = g if acc[i] is None else tuple(a + b for a, b in zip(acc[i], g))
             if end % self.periods[i] == 0:
                 lr = self.inner_lrs[i]
-                fast[i] = tuple(w - lr * a for w, a in zip(fast[i], acc[i]))
+                fast[i] = tuple(_maybe_leaf(w - lr * a, leaf) for w, a in zip(fast[i], acc[i]))
                 acc[i] = None
                 completed.append(i)
         if self.variant == "nested":
@@ -220,7 +226,15 @@ class ContinuumMemory(nn.Module):
                     fast[child], acc[child] = None, None
         return CMSState(tuple(fast), tuple(acc), end)
 
+    def at_rest(self, position: int) -> bool:
+        """Whether no in-context level is inside a chunk at ``position``."""
+        return all(position % self.periods[i] == 0 for i in self.in_context)
+
     def next_boundary(self, position: int) -> int | None:
         """Tokens from ``position`` to the nearest chunk end of any in-context level."""
         gaps = [p - position % p for i, p in enumerate(self.periods) if i in self.in_context]
         return min(gaps) if gaps else None
+
+
+def _maybe_leaf(t: Tensor, leaf: bool) -> Tensor:
+    return t.detach().requires_grad_(True) if leaf else t

@@ -160,9 +160,10 @@ class SelfModifyingTitans(nn.Module):
         self.output = GatedHeadOutput(d_model, d)
         self.reset_parameters()
 
-    def reset_parameters(self, init=nn.init) -> None:
+    def reset_parameters(self, init=nn.init, *, out_std: float = 0.02) -> None:
         """Initial values (``init`` is a ``torch.nn.init``-like namespace; models pass
-        ``transformers.initialization``, which skips weights loaded from a checkpoint):
+        ``transformers.initialization``, which skips weights loaded from a checkpoint, and a
+        depth-scaled ``out_std`` for the output projection):
 
         ============================  ==========================================================
         memory input weights ``W2``   N(0, 1/d): hidden pre-activations of unit keys ~ N(0, 1/d)
@@ -181,7 +182,8 @@ class SelfModifyingTitans(nn.Module):
         init.constant_(self.eta_bias, _logit(0.1))
         if self.alpha_bias is not None:
             init.constant_(self.alpha_bias, _logit(0.99))
-        linears = [self.output.gate_proj, self.output.out_proj]
+        init.normal_(self.output.out_proj.weight, mean=0.0, std=out_std)
+        linears = [self.output.gate_proj]
         if self.q_projection == "static":
             linears.append(self.q_proj)
         if self.beta_proj is not None:

@@ -126,15 +126,17 @@ class TitansMemory(nn.Module):
         self.output = GatedHeadOutput(d_model, d)
         self.reset_parameters()
 
-    def reset_parameters(self, init=nn.init) -> None:
+    def reset_parameters(self, init=nn.init, *, out_std: float = 0.02) -> None:
         """Initial values (``init`` is a ``torch.nn.init``-like namespace, see
         ``SelfModifyingTitans.reset_parameters``): projections N(0, 0.02^2); rate biases so that
         theta = 0.1 lr_max, alpha = 0.99, beta = 0.5 at the start; the memory's initial weights as
-        in ``SelfModifyingTitans`` (W2 ~ N(0, 1/d); W1 and a linear memory ~ N(0, 0.02^2))."""
+        in ``SelfModifyingTitans`` (W2 ~ N(0, 1/d); W1 and a linear memory ~ N(0, 0.02^2)); the
+        output projection N(0, out_std^2)."""
         d = self.head_dim
         for lin in (self.qkv_proj, self.lr_proj, self.alpha_proj, self.beta_proj,
-                    self.output.gate_proj, self.output.out_proj):
+                    self.output.gate_proj):
             init.normal_(lin.weight, mean=0.0, std=0.02)
+        init.normal_(self.output.out_proj.weight, mean=0.0, std=out_std)
         init.constant_(self.lr_proj.bias, math.log(0.1 / 0.9))
         init.constant_(self.alpha_proj.bias, math.log(0.99 / 0.01))
         init.zeros_(self.beta_proj.bias)

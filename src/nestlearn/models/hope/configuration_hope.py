@@ -1,0 +1,208 @@
+"""Configuration of HOPE and HOPE-Attention (NL section 8.3, Eq. 94-97; decisions D4-D8).
+
+HOPE block (D8): ``x <- x + SMT(norm(x))``, then for each CMS level ``x <- x + MLP_l(norm_l(x))``.
+HOPE-Attention replaces self-modifying Titans (SMT) by causal softmax attention with RoPE.
+
+CMS levels are lists, fastest first. ``cms_periods[l]`` is the level's update period in tokens of
+its context flow (D1, D7):
+
+* ``0``: updated by the outer optimizer at every step (an ordinary MLP);
+* ``> 0`` with ``cms_inner_lrs[l] > 0``: an in-context level, updated inside the forward pass at the
+  end of each chunk of that many tokens with the gradient of the chunk's next-token loss (Eq. 71);
+* ``> 0`` with ``cms_inner_lrs[l] == 0``: a slow level, updated by the outer optimizer once every
+  ``period`` training tokens (the training loop accumulates its gradients in between).
+
+Presets (``HopeConfig.from_preset(name)``) use the Transformer++ presets' width, depth and
+vocabulary (spec 5.4) and size the CMS so the total parameter count matches the Transformer++ of the
+same preset (``hope`` within a few percent, ``hope_attention`` exactly); see
+``nestlearn.models.presets`` for the counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+__all__ = ["HopeConfig"]
+
+VARIANTS = ("hope", "hope_attention")
+
+
+class HopeConfig(PreTrainedConfig):
+    r"""HOPE: self-modifying Titans + Continuum Memory System as a causal language model.
+
+    Args:
+        variant (`str`, defaults to `"hope"`):
+            `"hope"` (SMT + CMS) or `"hope_attention"` (attention + CMS).
+        vocab_size (`int`, defaults to 4096):
+            Number of token ids.
+        hidden_size (`int`, defaults to 256):
+            Model width D.
+        num_hidden_layers (`int`, defaults to 4):
+            Number of HOPE blocks.
+        num_attention_heads (`int`, defaults to 4):
+            Heads H of the memories (and of attention in `hope_attention`).
+        memory_expansion (`int`, defaults to 2):
+            Hidden width of every SMT memory MLP, in head widths (D4).
+        chunk_size (`int`, defaults to 16):
+            Chunk size of the main memory (D6).
+        proj_chunk_size (`int`, defaults to 16):
+            Chunk size of the projection memories (D6).
+        conv_size (`int`, defaults to 4):
+            Window of the causal depthwise convolutions on q, k, v.
+        eta_max (`float`, defaults to 1.0):
+            Upper bound of the memories' inner learning rate.
+        smt_rule (`str`, defaults to `"dgd"`):
+            Inner optimizer of the memories: `"dgd"` (D5) or `"gd"`.
+        smt_momentum (`str`, defaults to `"learned"`):
+            `"learned"` or `"none"`.
+        smt_retention (`str`, defaults to `"learned"`):
+            `"learned"` or `"none"`.
+        q_projection (`str`, defaults to `"static"`):
+            `"static"` (Eq. 83) or `"adaptive"` (a memory, Eq. 96).
+        write_grad (`str`, defaults to `"full"`):
+            Backpropagation through memory writes: `"full"` (D3) or `"detach"`.
+        cms_hidden_sizes (`list[int]`, defaults to `[256, 256]`):
+            Hidden width of each CMS level, fastest first.
+        cms_periods (`list[int]`, defaults to `[0, 0]`):
+            Update period of each level in tokens (see the module docstring).
+        cms_inner_lrs (`list[float]`, defaults to `[0.0, 0.0]`):
+            In-context learning rate of each level.
+        cms_variant (`str`, defaults to `"sequential"`):
+            `"sequential"` (Eq. 73), `"nested"` (Eq. 72) or `"independent"` (Eq. 74).
+        cms_meta_grad (`str`, defaults to `"second_order"`):
+            How the outer gradient passes an in-context CMS update `W - lr * G`: `"second_order"`
+            differentiates through `G` (exact, D3); `"first_order"` treats `G` as a constant
+            (cheaper approximation, first-order MAML).
+        sliding_window (`int`, *optional*):
+            Attention window of `hope_attention` (`None`: global).
+        rope_theta (`float`, defaults to 10000.0):
+            RoPE base of `hope_attention`.
+        rms_norm_eps (`float`, defaults to 1e-6):
+            RMSNorm epsilon.
+        initializer_range (`float`, defaults to 0.02):
+            Standard deviation of linear, embedding and CMS weights.
+        tie_word_embeddings (`bool`, defaults to `False`):
+            Share the input embedding with the output projection.
+        use_cache (`bool`, defaults to `True`):
+            Return a cache of the recurrent states from forward.
+    """
+
+    model_type = "hope"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    variant: str = "hope"
+    vocab_size: int = 4096
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    memory_expansion: int = 2
+    chunk_size: int = 16
+    proj_chunk_size: int = 16
+    conv_size: int = 4
+    eta_max: float = 1.0
+    smt_rule: str = "dgd"
+    smt_momentum: str = "learned"
+    smt_retention: str = "learned"
+    q_projection: str = "static"
+    write_grad: str = "full"
+    cms_hidden_sizes: list[int] | None = None
+    cms_periods: list[int] | None = None
+    cms_inner_lrs: list[float] | None = None
+    cms_variant: str = "sequential"
+    cms_meta_grad: str = "second_order"
+    sliding_window: int | None = None
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        _choice("variant", self.variant, VARIANTS)
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "memory_expansion", "chunk_size", "proj_chunk_size", "conv_size"):
+            _positive_int(name, getattr(self, name))
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.variant == "hope_attention" and (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError("hope_attention needs an even head width (RoPE rotates pairs)")
+        _choice("smt_rule", self.smt_rule, ("dgd", "gd"))
+        _choice("smt_momentum", self.smt_momentum, ("learned", "none"))
+        _choice("smt_retention", self.smt_retention, ("learned", "none"))
+        _choice("q_projection", self.q_projection, ("static", "adaptive"))
+        _choice("write_grad", self.write_grad, ("full", "detach"))
+        _choice("cms_variant", self.cms_variant, ("sequential", "nested", "independent"))
+        _choice("cms_meta_grad", self.cms_meta_grad, ("second_order", "first_order"))
+        if self.cms_hidden_sizes is None:
+            self.cms_hidden_sizes = [self.hidden_size, self.hidden_size]
+        self.cms_hidden_sizes = list(self.cms_hidden_sizes)
+        k = len(self.cms_hidden_sizes)
+        if k < 1:
+            raise ValueError("cms_hidden_sizes must name at least one CMS level")
+        if self.cms_periods is None:
+            self.cms_periods = [0] * k
+        if self.cms_inner_lrs is None:
+            self.cms_inner_lrs = [0.0] * k
+        self.cms_periods, self.cms_inner_lrs = list(self.cms_periods), list(self.cms_inner_lrs)
+        if len(self.cms_periods) != k or len(self.cms_inner_lrs) != k:
+            raise ValueError(
+                f"cms_hidden_sizes, cms_periods and cms_inner_lrs must have the same length, got "
+                f"{k}, {len(self.cms_periods)}, {len(self.cms_inner_lrs)}"
+            )
+        for i, (h, p, lr) in enumerate(zip(self.cms_hidden_sizes, self.cms_periods,
+                                           self.cms_inner_lrs)):
+            _positive_int(f"cms_hidden_sizes[{i}]", h)
+            if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+                raise ValueError(f"cms_periods[{i}] must be an integer >= 0, got {p!r}")
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr < 0:
+                raise ValueError(f"cms_inner_lrs[{i}] must be a number >= 0, got {lr!r}")
+            if lr > 0 and p == 0:
+                raise ValueError(
+                    f"cms_inner_lrs[{i}] = {lr} needs cms_periods[{i}] > 0 (an in-context level "
+                    "updates at the end of each chunk of that many tokens)"
+                )
+        ctx = [p for p, lr in zip(self.cms_periods, self.cms_inner_lrs) if p and lr]
+        if ctx != sorted(ctx):
+            raise ValueError(
+                f"in-context CMS levels must be listed fastest first (non-decreasing periods), "
+                f"got periods {ctx}"
+            )
+        for name in ("eta_max", "rope_theta", "rms_norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if self.sliding_window is not None:
+            _positive_int("sliding_window", self.sliding_window)
+        if isinstance(self.initializer_range, bool) or not isinstance(
+            self.initializer_range, (int, float)
+        ) or self.initializer_range < 0:
+            raise ValueError(
+                f"initializer_range must be a number >= 0, got {self.initializer_range!r}"
+            )
+        super().__post_init__(**kwargs)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def has_in_context_cms(self) -> bool:
+        return any(p and lr for p, lr in zip(self.cms_periods, self.cms_inner_lrs))
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
