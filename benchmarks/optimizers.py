@@ -31,7 +31,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -83,10 +83,10 @@ def _dmgd(params, lr):
 
 
 OPTIMIZERS: dict[str, tuple[Callable, list[float]]] = {
-    "adamw": (_adamw, [1e-3, 3e-3, 1e-2]),
-    "muon": (_muon, [0.01, 0.03, 0.1]),
+    "adamw": (_adamw, [3e-4, 1e-3, 3e-3]),
+    "muon": (_muon, [3e-3, 0.01, 0.03]),
     "m3": (_m3, [1e-3, 3e-3, 1e-2]),
-    "momentum": (_momentum, [0.03, 0.1, 0.3]),
+    "momentum": (_momentum, [0.01, 0.03, 0.1]),
     "delta_momentum": (_delta, [0.03, 0.1, 0.3]),
     "dmgd": (_dmgd, [0.1, 0.3, 1.0]),
 }
@@ -206,7 +206,7 @@ def task_digits(make_optimizer: MakeOptimizer, lr: float, seed: int, steps: int)
 
 # name -> (task function, steps in full mode, steps in quick mode)
 TRAIN_TASKS: dict[str, tuple[Callable, int, int]] = {
-    "digits": (task_digits, 600, 150),
+    "digits": (task_digits, 200, 100),
 }
 
 
