@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from nestlearn.optim import M3, AssociativeMomentum, DeepMomentum, DeltaMomentum
 
-MakeOptimizer = Callable[[list], torch.optim.Optimizer]
+MakeOptimizer = Callable[[list, float], torch.optim.Optimizer]
 
 
 @dataclass
@@ -53,33 +53,67 @@ class RunResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Optimizers under test. Each entry: a factory (param list, lr) -> optimizer, and its lr grid.
+# Optimizers under test. Each entry: a factory (param groups, lr) -> optimizer, and its lr grid.
+# A task passes param groups tagged with a "role": "hidden" for the hidden weight matrices, "other"
+# for the input and output layers, biases and norms (the Muon recipe orthogonalises only the
+# hidden matrices). Optimizers without such a split get all parameters alike.
 # Grids are centred on the usual scale of each family (Adam-like units vs SGD-momentum units).
 
-def _adamw(params, lr):
-    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+MUON_ADAMW_LR = 1e-3  # AdamW lr for the non-hidden params of the Muon-style baseline (AdamW's best)
 
 
-def _momentum(params, lr):
-    return AssociativeMomentum(params, lr, momentum=0.9)
+class Chained:
+    """Two optimizers stepped together (Muon on hidden matrices + AdamW on the rest)."""
+
+    def __init__(self, *opts: torch.optim.Optimizer) -> None:
+        self.opts = opts
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.opts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.opts:
+            o.step()
 
 
-def _muon(params, lr):
-    # Muon-style: dot-product momentum + Newton-Schulz read-out (Eq. 42-44, 52); 1-D params
-    # (biases) get the identity read-out, i.e. Nesterov SGD-momentum.
-    return AssociativeMomentum(params, lr, momentum=0.95, nesterov=True, output="newton_schulz")
+def _flat(groups) -> list:
+    return [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
 
 
-def _m3(params, lr):
-    return M3(params, lr)
+def _by_role(groups, role: str) -> list:
+    return [p for g in groups if isinstance(g, dict) and g.get("role") == role for p in g["params"]]
 
 
-def _delta(params, lr):
-    return DeltaMomentum(params, lr)
+def _adamw(groups, lr):
+    return torch.optim.AdamW(_flat(groups), lr=lr, weight_decay=0.0)
 
 
-def _dmgd(params, lr):
-    return DeepMomentum(params, lr)
+def _momentum(groups, lr):
+    return AssociativeMomentum(_flat(groups), lr, momentum=0.9)
+
+
+def _muon(groups, lr):
+    # Muon-style: dot-product momentum + Newton-Schulz read-out (Eq. 42-44, 52) on the hidden
+    # matrices, AdamW on the rest.
+    muon = AssociativeMomentum(_by_role(groups, "hidden"), lr, momentum=0.95, nesterov=True,
+                               output="newton_schulz")
+    return Chained(muon, torch.optim.AdamW(_by_role(groups, "other"), lr=MUON_ADAMW_LR,
+                                           weight_decay=0.0))
+
+
+def _m3(groups, lr):
+    # M3 on the hidden matrices, its built-in AdamW fallback (same lr) on the rest.
+    return M3([{"params": _by_role(groups, "hidden")},
+               {"params": _by_role(groups, "other"), "kind": "adamw"}], lr)
+
+
+def _delta(groups, lr):
+    return DeltaMomentum(_flat(groups), lr)
+
+
+def _dmgd(groups, lr):
+    return DeepMomentum(_flat(groups), lr)
 
 
 def _grid(center: float) -> list[float]:
@@ -175,12 +209,16 @@ def _digits_data() -> tuple[torch.Tensor, ...]:
 
 
 def task_digits(make_optimizer: MakeOptimizer, lr: float, seed: int, steps: int) -> RunResult:
-    """MLP 64-256-256-10 (GELU), batch 128, cross-entropy; validation loss every 25 steps."""
+    """MLP 64-256-256-256-10 (GELU), batch 128, cross-entropy; validation loss every 25 steps."""
     Xtr, ytr, Xva, yva = _digits_data()
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(), nn.Linear(256, 10))
-    opt = make_optimizer(list(model.parameters()), lr)
+        nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(), nn.Linear(256, 256),
+        nn.GELU(), nn.Linear(256, 10))
+    hidden = [model[2].weight, model[4].weight]
+    other = [p for p in model.parameters() if all(p is not h for h in hidden)]
+    opt = make_optimizer([{"params": hidden, "role": "hidden"}, {"params": other, "role": "other"}],
+                         lr)
     gen = torch.Generator().manual_seed(1000 + seed)
     lossf = nn.CrossEntropyLoss()
     curve, curve_steps = [], []
