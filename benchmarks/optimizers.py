@@ -123,8 +123,8 @@ def _grid(center: float) -> list[float]:
 
 OPTIMIZERS: dict[str, tuple[Callable, list[float]]] = {
     "adamw": (_adamw, _grid(1e-3)),
-    "muon": (_muon, _grid(0.01)),
-    "m3": (_m3, _grid(4.6e-3)),
+    "muon": (_muon, _grid(0.0046)),
+    "m3": (_m3, _grid(2.2e-3)),
     "momentum": (_momentum, _grid(0.046)),
     "delta_momentum": (_delta, _grid(0.1)),
     "dmgd": (_dmgd, _grid(0.22)),

@@ -57,7 +57,7 @@ class DeepMomentum(torch.optim.Optimizer):
         objective: str = "l2",
         memory: str = "mlp",
         hidden: int = 8,
-        memory_lr: float = 0.1,
+        memory_lr: float = 0.03,
         activation: str = "silu",
         output: str = "identity",
         ns_steps: int = 5,
