@@ -133,7 +133,7 @@ OPTIMIZERS: dict[str, tuple[Callable, list[float]]] = {
 # --------------------------------------------------------------------------------------------
 # Toy task (Eq. 53).
 
-TOY = dict(k=10.0, a=0.5, w=2.0, r0=-3.5, theta0=2.0, threshold=1e-6)
+TOY = {"k": 10.0, "a": 0.5, "w": 2.0, "r0": -3.5, "theta0": 2.0, "threshold": 1e-6}
 TOY_OPTIMIZERS = ("momentum", "delta_momentum", "dmgd")
 TOY_LRS = [10 ** (e / 8) for e in range(-32, -3)]
 
@@ -178,8 +178,8 @@ def run_toy(steps: int, bar: tqdm) -> dict:
             if best is None or key < best[0]:
                 best = (key, lr, res)
         key, lr, res = best
-        out[name] = dict(steps_to_threshold=None if key == math.inf else key, lr=lr,
-                         curve=res.curve)
+        out[name] = {"steps_to_threshold": None if key == math.inf else key, "lr": lr,
+                         "curve": res.curve}
     return out
 
 
@@ -268,18 +268,18 @@ def run_train_task(name: str, steps: int, seeds: list[int], lr_pick: Callable, b
         best_lr = min(per_lr, key=lambda lr: statistics.fmean(r.val_loss for r in per_lr[lr]))
         runs = per_lr[best_lr]
         losses = [r.val_loss for r in runs]
-        out[opt_name] = dict(
-            best_lr=best_lr,
-            val_loss_mean=statistics.fmean(losses),
-            val_loss_std=statistics.stdev(losses) if len(losses) > 1 else 0.0,
-            val_acc_mean=statistics.fmean(r.extra.get("val_acc", float("nan")) for r in runs),
+        out[opt_name] = {
+            "best_lr": best_lr,
+            "val_loss_mean": statistics.fmean(losses),
+            "val_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+            "val_acc_mean": statistics.fmean(r.extra.get("val_acc", float("nan")) for r in runs),
             # Median over all runs of this optimizer: robust to other jobs on a shared machine.
-            sec_per_step=statistics.median(r.sec_per_step for lr_runs in per_lr.values()
+            "sec_per_step": statistics.median(r.sec_per_step for lr_runs in per_lr.values()
                                            for r in lr_runs),
-            sweep={str(lr): [r.val_loss for r in rs] for lr, rs in per_lr.items()},
-            curve_steps=runs[0].curve_steps,
-            curve_mean=[statistics.fmean(c) for c in zip(*(r.curve for r in runs))],
-        )
+            "sweep": {str(lr): [r.val_loss for r in rs] for lr, rs in per_lr.items()},
+            "curve_steps": runs[0].curve_steps,
+            "curve_mean": [statistics.fmean(c) for c in zip(*(r.curve for r in runs))],
+        }
     base = out["adamw"]["sec_per_step"]
     for v in out.values():
         v["time_vs_adamw"] = v["sec_per_step"] / base
@@ -290,8 +290,8 @@ def run_train_task(name: str, steps: int, seeds: list[int], lr_pick: Callable, b
 
 
 def _table(toy: dict, train: dict) -> str:
-    lines = ["Toy (Eq. 53): steps to psi < %g from (%g, %g), best lr of %d"
-             % (TOY["threshold"], TOY["r0"], TOY["theta0"], len(TOY_LRS)),
+    lines = [(f"Toy (Eq. 53): steps to psi < {TOY['threshold']:g} from ({TOY['r0']:g}, "
+              f"{TOY['theta0']:g}), best lr of {len(TOY_LRS)}"),
              f"| {'optimizer':<15} | {'steps':>6} | {'best lr':>8} |",
              f"|{'-' * 17}|{'-' * 8}|{'-' * 10}|"]
     for name, v in toy.items():
@@ -299,8 +299,8 @@ def _table(toy: dict, train: dict) -> str:
         lines.append(f"| {name:<15} | {s if s is not None else 'never':>6} | {v['lr']:>8.2g} |")
     for task, res in train.items():
         lines += ["", f"{task}: final validation loss at the best lr (mean +- std over seeds)",
-                  f"| {'optimizer':<15} | {'best lr':>8} | {'val loss':>17} | {'val acc':>7} "
-                  f"| {'time/step vs AdamW':>18} |",
+                  (f"| {'optimizer':<15} | {'best lr':>8} | {'val loss':>17} | {'val acc':>7} "
+                   f"| {'time/step vs AdamW':>18} |"),
                   f"|{'-' * 17}|{'-' * 10}|{'-' * 19}|{'-' * 9}|{'-' * 20}|"]
         for name, v in res.items():
             loss = f"{v['val_loss_mean']:.4f} +- {v['val_loss_std']:.4f}"
@@ -358,15 +358,15 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent).stdout.strip()
+                             check=False, cwd=Path(__file__).parent).stdout.strip()
     except OSError:
         sha = ""
-    meta = dict(quick=args.quick, seeds=seeds, threads=args.threads, git_sha=sha,
-                torch=torch.__version__, python=platform.python_version(),
-                wall_seconds=round(time.time() - t0, 1), toy_config=TOY,
-                train_steps={k: (q if args.quick else f) for k, (_, f, q) in TRAIN_TASKS.items()})
+    meta = {"quick": args.quick, "seeds": seeds, "threads": args.threads, "git_sha": sha,
+                "torch": torch.__version__, "python": platform.python_version(),
+                "wall_seconds": round(time.time() - t0, 1), "toy_config": TOY,
+                "train_steps": {k: (q if args.quick else f) for k, (_, f, q) in TRAIN_TASKS.items()}}
     (args.out / "optimizers.json").write_text(json.dumps(
-        dict(meta=meta, toy=toy, train=train, table=table), indent=1))
+        {"meta": meta, "toy": toy, "train": train, "table": table}, indent=1))
     _plot(toy, train, args.out / "optimizers.png")
     print(f"\nwrote {args.out / 'optimizers.json'} and {args.out / 'optimizers.png'}"
           f" ({meta['wall_seconds']} s)")

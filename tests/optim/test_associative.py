@@ -15,10 +15,10 @@ from ._helpers import DT, clone_params, make_params, run
 @pytest.mark.parametrize(
     "kwargs",
     [
-        pytest.param(dict(momentum=0.9), id="plain"),
-        pytest.param(dict(momentum=0.8, nesterov=True), id="nesterov"),
-        pytest.param(dict(momentum=0.9, weight_decay=0.05), id="weight_decay"),
-        pytest.param(dict(momentum=0.0), id="no_momentum"),
+        pytest.param({"momentum": 0.9}, id="plain"),
+        pytest.param({"momentum": 0.8, "nesterov": True}, id="nesterov"),
+        pytest.param({"momentum": 0.9, "weight_decay": 0.05}, id="weight_decay"),
+        pytest.param({"momentum": 0.0}, id="no_momentum"),
     ],
 )
 def test_dot_objective_equals_sgd(kwargs):
@@ -78,8 +78,7 @@ def test_delta_momentum_formula(side, shape):
     g = torch.Generator().manual_seed(1)
     mu, beta = 0.9, 0.6
     buf = torch.zeros(shape, dtype=DT)
-    ref = torch.zeros(shape, dtype=DT).reshape(-1, shape[-1]) if len(shape) == 2 else \
-        torch.zeros(1, shape[0], dtype=DT)
+    ref = torch.zeros(shape if len(shape) == 2 else (1, shape[0]), dtype=DT)  # [R, C] view
     for _ in range(6):
         G = torch.randn(shape, generator=g, dtype=DT)
         u = F.associative_momentum(G, buf, momentum=mu, objective="l2", decay=beta, side=side)

@@ -11,7 +11,7 @@ import torch
 
 from nestlearn.optim import M3, AssociativeMomentum, DeepMomentum, DeltaMomentum
 
-from ._helpers import DT, clone_params, make_params, run
+from ._helpers import DT, make_params, run
 
 FACTORIES = {
     "momentum": lambda ps: AssociativeMomentum(ps, 0.05),
@@ -79,32 +79,32 @@ def test_no_global_rng_use():
 
 
 BAD = [
-    (AssociativeMomentum, dict(lr=-1.0), "lr"),
-    (AssociativeMomentum, dict(lr=float("nan")), "lr"),
-    (AssociativeMomentum, dict(lr=0.1, momentum=1.0), "momentum"),
-    (AssociativeMomentum, dict(lr=0.1, momentum=-0.1), "momentum"),
-    (AssociativeMomentum, dict(lr=0.1, objective="cosine"), "objective"),
-    (AssociativeMomentum, dict(lr=0.1, output="svd"), "output"),
-    (AssociativeMomentum, dict(lr=0.1, preconditioner="shampoo"), "preconditioner"),
-    (AssociativeMomentum, dict(lr=0.1, ns_steps=0), "ns_steps"),
-    (AssociativeMomentum, dict(lr=0.1, nesterov=1), "nesterov"),
-    (AssociativeMomentum, dict(lr=0.1, momentum=0.0, nesterov=True), "nesterov"),
-    (AssociativeMomentum, dict(lr=0.1, eps=0.0), "eps"),
-    (DeltaMomentum, dict(lr=0.1, decay=1.5), "decay"),
-    (DeltaMomentum, dict(lr=0.1, side="top"), "side"),
-    (DeltaMomentum, dict(lr=0.1, objective="dot"), "objective"),
-    (DeepMomentum, dict(lr=0.1, memory="transformer"), "memory"),
-    (DeepMomentum, dict(lr=0.1, hidden=0), "hidden"),
-    (DeepMomentum, dict(lr=0.1, memory_lr=-1.0), "memory_lr"),
-    (DeepMomentum, dict(lr=0.1, activation="relu"), "activation"),
-    (M3, dict(lr=0.1, betas=(0.9,)), "betas"),
-    (M3, dict(lr=0.1, betas=(0.9, 1.0)), "betas"),
-    (M3, dict(lr=0.1, beta3=1.0), "beta3"),
-    (M3, dict(lr=0.1, alpha=-0.5), "alpha"),
-    (M3, dict(lr=0.1, frequency=0), "frequency"),
-    (M3, dict(lr=0.1, slow="fast"), "slow"),
-    (M3, dict(lr=0.1, kind="sgd"), "kind"),
-    (M3, dict(lr=0.1, update_scale="spectral"), "update_scale"),
+    (AssociativeMomentum, {"lr": -1.0}, "lr"),
+    (AssociativeMomentum, {"lr": float("nan")}, "lr"),
+    (AssociativeMomentum, {"lr": 0.1, "momentum": 1.0}, "momentum"),
+    (AssociativeMomentum, {"lr": 0.1, "momentum": -0.1}, "momentum"),
+    (AssociativeMomentum, {"lr": 0.1, "objective": "cosine"}, "objective"),
+    (AssociativeMomentum, {"lr": 0.1, "output": "svd"}, "output"),
+    (AssociativeMomentum, {"lr": 0.1, "preconditioner": "shampoo"}, "preconditioner"),
+    (AssociativeMomentum, {"lr": 0.1, "ns_steps": 0}, "ns_steps"),
+    (AssociativeMomentum, {"lr": 0.1, "nesterov": 1}, "nesterov"),
+    (AssociativeMomentum, {"lr": 0.1, "momentum": 0.0, "nesterov": True}, "nesterov"),
+    (AssociativeMomentum, {"lr": 0.1, "eps": 0.0}, "eps"),
+    (DeltaMomentum, {"lr": 0.1, "decay": 1.5}, "decay"),
+    (DeltaMomentum, {"lr": 0.1, "side": "top"}, "side"),
+    (DeltaMomentum, {"lr": 0.1, "objective": "dot"}, "objective"),
+    (DeepMomentum, {"lr": 0.1, "memory": "transformer"}, "memory"),
+    (DeepMomentum, {"lr": 0.1, "hidden": 0}, "hidden"),
+    (DeepMomentum, {"lr": 0.1, "memory_lr": -1.0}, "memory_lr"),
+    (DeepMomentum, {"lr": 0.1, "activation": "relu"}, "activation"),
+    (M3, {"lr": 0.1, "betas": (0.9,)}, "betas"),
+    (M3, {"lr": 0.1, "betas": (0.9, 1.0)}, "betas"),
+    (M3, {"lr": 0.1, "beta3": 1.0}, "beta3"),
+    (M3, {"lr": 0.1, "alpha": -0.5}, "alpha"),
+    (M3, {"lr": 0.1, "frequency": 0}, "frequency"),
+    (M3, {"lr": 0.1, "slow": "fast"}, "slow"),
+    (M3, {"lr": 0.1, "kind": "sgd"}, "kind"),
+    (M3, {"lr": 0.1, "update_scale": "spectral"}, "update_scale"),
 ]
 
 

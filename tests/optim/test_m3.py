@@ -9,7 +9,7 @@ import torch
 from nestlearn.optim import M3
 from nestlearn.optim import functional as F
 
-from ._helpers import DT, clone_params, loss_fn, make_params
+from ._helpers import clone_params, loss_fn, make_params
 
 
 def _grads_along(opt, params, steps):
@@ -73,7 +73,7 @@ def test_alpha_zero_makes_the_slow_level_inert():
 def test_slow_level_matches_algorithm_1(slow):
     params = make_params(shapes=((5, 8),))
     W0 = params[0].detach().clone()
-    kw = dict(betas=(0.8, 0.99), beta3=0.7, alpha=0.4, frequency=3, eps=1e-6)
+    kw = {"betas": (0.8, 0.99), "beta3": 0.7, "alpha": 0.4, "frequency": 3, "eps": 1e-6}
     opt = M3(params, 2e-3, slow=slow, **kw)
     grads = [g[0] for g in _grads_along(opt, params, 11)]
     ref = _m3_reference(W0, grads, lr=2e-3, b1=0.8, b2=0.99, b3=0.7, alpha=0.4, f=3, eps=1e-6,

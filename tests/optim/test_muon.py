@@ -9,7 +9,7 @@ import torch
 from nestlearn.optim import AssociativeMomentum
 from nestlearn.optim import functional as F
 
-from ._helpers import DT, clone_params, make_params, run
+from ._helpers import DT, clone_params, loss_fn, make_params, run
 
 
 def _ns5_reference(G: torch.Tensor) -> torch.Tensor:
@@ -47,8 +47,6 @@ def test_newton_schulz_momentum_is_muon(nesterov):
     grads_per_step = []
     opt = AssociativeMomentum(params, 0.02, momentum=0.95, nesterov=nesterov,
                               output="newton_schulz")
-    from ._helpers import loss_fn
-
     for t in range(10):
         opt.zero_grad()
         loss_fn(params, t).backward()

@@ -16,4 +16,4 @@ from nestlearn.optim.associative import AssociativeMomentum, DeltaMomentum
 from nestlearn.optim.deep import DeepMomentum
 from nestlearn.optim.m3 import M3
 
-__all__ = ["AssociativeMomentum", "DeepMomentum", "DeltaMomentum", "M3", "functional"]
+__all__ = ["M3", "AssociativeMomentum", "DeepMomentum", "DeltaMomentum", "functional"]

@@ -30,4 +30,5 @@ def integer(name: str, value, *, lo: int) -> None:
 
 def boolean(name: str, value) -> None:
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
+        # House rule: every bad hyperparameter is a ValueError, type errors included.
+        raise ValueError(f"{name} must be True or False, got {value!r}")  # noqa: TRY004

@@ -26,7 +26,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from nestlearn.optim import _checks, functional as F
+from nestlearn.optim import _checks
+from nestlearn.optim import functional as F
 
 __all__ = ["AssociativeMomentum", "DeltaMomentum"]
 
@@ -74,11 +75,11 @@ class AssociativeMomentum(torch.optim.Optimizer):
         ns_steps: int = 5,
         weight_decay: float = 0.0,
     ) -> None:
-        defaults = dict(
-            lr=lr, momentum=momentum, objective=objective, decay=decay, side=side,
-            nesterov=nesterov, preconditioner=preconditioner, beta2=beta2, eps=eps,
-            output=output, ns_steps=ns_steps, weight_decay=weight_decay,
-        )
+        defaults = {
+            "lr": lr, "momentum": momentum, "objective": objective, "decay": decay, "side": side,
+            "nesterov": nesterov, "preconditioner": preconditioner, "beta2": beta2, "eps": eps,
+            "output": output, "ns_steps": ns_steps, "weight_decay": weight_decay,
+        }
         self._validate(defaults)
         super().__init__(params, defaults)
 

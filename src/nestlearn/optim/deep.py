@@ -17,7 +17,8 @@ from collections.abc import Iterable
 
 import torch
 
-from nestlearn.optim import _checks, functional as F
+from nestlearn.optim import _checks
+from nestlearn.optim import functional as F
 
 __all__ = ["DeepMomentum"]
 
@@ -64,11 +65,11 @@ class DeepMomentum(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         seed: int = 0,
     ) -> None:
-        defaults = dict(
-            lr=lr, momentum=momentum, objective=objective, memory=memory, hidden=hidden,
-            memory_lr=memory_lr, activation=activation, output=output, ns_steps=ns_steps,
-            weight_decay=weight_decay, seed=seed,
-        )
+        defaults = {
+            "lr": lr, "momentum": momentum, "objective": objective, "memory": memory, "hidden": hidden,
+            "memory_lr": memory_lr, "activation": activation, "output": output, "ns_steps": ns_steps,
+            "weight_decay": weight_decay, "seed": seed,
+        }
         self._validate(defaults)
         super().__init__(params, defaults)
 

@@ -23,7 +23,8 @@ from collections.abc import Iterable
 
 import torch
 
-from nestlearn.optim import _checks, functional as F
+from nestlearn.optim import _checks
+from nestlearn.optim import functional as F
 
 __all__ = ["M3"]
 
@@ -69,11 +70,11 @@ class M3(torch.optim.Optimizer):
         update_scale: str = "rms",
         kind: str = "auto",
     ) -> None:
-        defaults = dict(
-            lr=lr, betas=betas, beta3=beta3, alpha=alpha, frequency=frequency, slow=slow,
-            eps=eps, ns_steps=ns_steps, weight_decay=weight_decay, update_scale=update_scale,
-            kind=kind,
-        )
+        defaults = {
+            "lr": lr, "betas": betas, "beta3": beta3, "alpha": alpha, "frequency": frequency, "slow": slow,
+            "eps": eps, "ns_steps": ns_steps, "weight_decay": weight_decay, "update_scale": update_scale,
+            "kind": kind,
+        }
         self._validate(defaults)
         super().__init__(params, defaults)
 
