@@ -15,6 +15,12 @@ __version__ = "0.1.0"
 # Model classes are imported on first access (PEP 562), so `import nestlearn` stays free of the
 # `transformers` import and of the Auto-class registration that `nestlearn.models` performs.
 _LAZY_EXPORTS = {
+    "HopeConfig": "nestlearn.models",
+    "HopeForCausalLM": "nestlearn.models",
+    "HopeModel": "nestlearn.models",
+    "TitansConfig": "nestlearn.models",
+    "TitansForCausalLM": "nestlearn.models",
+    "TitansModel": "nestlearn.models",
     "LayerStateCache": "nestlearn.models",
     "TransformerConfig": "nestlearn.models",
     "TransformerForCausalLM": "nestlearn.models",

@@ -21,8 +21,8 @@ What counts as a level's context and who computes that gradient depends on its p
 Variants (knowledge transfer between levels, section 3.2): ``"sequential"`` (Eq. 73, default):
 the chain above; ``"nested"`` (Eq. 72): the same chain, and a level's fast weights are reset to
 their meta-learned initial values whenever the next slower in-context level completes a chunk;
-``"independent"`` (Eq. 74): every level reads the same normalised input and the block adds a
-learned weighted sum of the levels' outputs.
+``"independent"`` (Eq. 74): every level reads the same input (through its own norm) and the
+block adds a learned weighted sum of the levels' outputs.
 
 Dimension legend: B batch, T time, D model width, F hidden width of a level.
 """
@@ -137,7 +137,6 @@ class ContinuumMemory(nn.Module):
         self.inner_lrs = [float(x) for x in inner_lrs]
         self.levels = nn.ModuleList(CMSLevel(d_model, h, eps=eps) for h in hidden_sizes)
         if variant == "independent":
-            self.norm = RMSNorm(d_model, eps=eps)
             self.mix = nn.Parameter(torch.empty(k))
         self.reset_parameters()
 
@@ -153,7 +152,6 @@ class ContinuumMemory(nn.Module):
             init.normal_(level.w_down, mean=0.0, std=out_std)
             init.ones_(level.norm.weight)
         if self.variant == "independent":
-            init.ones_(self.norm.weight)
             init.constant_(self.mix, 1.0 / len(self.levels))
 
     @property
@@ -173,10 +171,9 @@ class ContinuumMemory(nn.Module):
     def forward(self, x: Tensor, *, state: CMSState | None = None) -> tuple[Tensor, CMSState]:
         st = self.initial_state() if state is None else state
         if self.variant == "independent":
-            h = self.norm(x)
             y = x
-            for i in range(len(self.levels)):
-                y = y + self.mix[i] * swiglu_apply(h, *self.level_weights(st, i))
+            for i, level in enumerate(self.levels):
+                y = y + self.mix[i] * swiglu_apply(level.norm(x), *self.level_weights(st, i))
             return y, st
         for i, level in enumerate(self.levels):
             x = x + swiglu_apply(level.norm(x), *self.level_weights(st, i))

@@ -14,6 +14,9 @@ from nestlearn.models.base import (
     causal_lm_loss,
 )
 from nestlearn.models.cache import LayerStateCache
+from nestlearn.models.hope import HopeCache, HopeConfig, HopeForCausalLM, HopeModel
+from nestlearn.models.levels import format_levels
+from nestlearn.models.titans import TitansConfig, TitansForCausalLM, TitansModel
 from nestlearn.models.transformer import (
     TRANSFORMER_PRESETS,
     TransformerConfig,
@@ -21,15 +24,28 @@ from nestlearn.models.transformer import (
     TransformerModel,
 )
 
-AutoConfig.register(TransformerConfig.model_type, TransformerConfig, exist_ok=True)
-AutoModel.register(TransformerConfig, TransformerModel, exist_ok=True)
-AutoModelForCausalLM.register(TransformerConfig, TransformerForCausalLM, exist_ok=True)
+for _config, _model, _lm in (
+    (TransformerConfig, TransformerModel, TransformerForCausalLM),
+    (HopeConfig, HopeModel, HopeForCausalLM),
+    (TitansConfig, TitansModel, TitansForCausalLM),
+):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModel.register(_config, _model, exist_ok=True)
+    AutoModelForCausalLM.register(_config, _lm, exist_ok=True)
 
 __all__ = [
     "TRANSFORMER_PRESETS",
     "CausalLMMixin",
     "DecoderModelMixin",
+    "HopeCache",
+    "HopeConfig",
+    "HopeForCausalLM",
+    "HopeModel",
     "LayerStateCache",
+    "TitansConfig",
+    "TitansForCausalLM",
+    "TitansModel",
+    "format_levels",
     "NestlearnPreTrainedModel",
     "TransformerConfig",
     "TransformerForCausalLM",

@@ -23,11 +23,13 @@ Dimension legend: B batch, T tokens, L tokens in a segment, D model width, V voc
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -277,14 +279,19 @@ class HopeForCausalLM(CausalLMMixin, HopePreTrainedModel, GenerationMixin):
                     cms_state, tensors = block.cms.fast_tensors(cms_state, B, leaf=not outer_grad)
                     cache[i] = (mixer_state, cms_state)
                     flat.append(tensors)
-                hidden = self.model(
-                    input_ids[:, a:b],
-                    attention_mask=None if attention_mask is None else attention_mask[:, :pos + b - a],
-                    position_ids=None if position_ids is None else position_ids[:, a:b],
-                    past_key_values=cache, use_cache=True,
-                ).last_hidden_state
+                # Second-order meta-gradients need double-differentiable attention: the fused CPU
+                # SDPA kernels have no double backward, the math backend does.
+                with (sdpa_kernel(SDPBackend.MATH) if create_graph else nullcontext()):
+                    hidden = self.model(
+                        input_ids[:, a:b],
+                        attention_mask=(None if attention_mask is None
+                                        else attention_mask[:, :pos + b - a]),
+                        position_ids=None if position_ids is None else position_ids[:, a:b],
+                        past_key_values=cache, use_cache=True,
+                    ).last_hidden_state
                 logits = self.lm_head(hidden)  # [B, L, V]
-                logp = F.log_softmax(logits.float(), dim=-1)
+                logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)),
+                                     dim=-1)
                 # pairs inside the segment: position t predicts t + 1
                 ids = input_ids[:, a:b]
                 inner = -(logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)

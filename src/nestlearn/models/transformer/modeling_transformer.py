@@ -113,6 +113,13 @@ class TransformerPreTrainedModel(NestlearnPreTrainedModel):
             init.ones_(module.weight)
 
 
+    def levels(self) -> list[dict]:
+        """The model's levels (decision D1): attention, then pre-training."""
+        from nestlearn.models.levels import transformer_levels
+
+        return transformer_levels(self)
+
+
 def _is_residual_projection(model: nn.Module, linear: nn.Linear) -> bool:
     """Whether ``linear`` is a block's output projection into the residual stream."""
     return any(

@@ -1,0 +1,256 @@
+"""HOPE, HOPE-Attention and Titans as Hugging Face causal LMs: causality, cached decoding and
+streaming equal one forward, generate(), batch == one by one, padding, save/load, Auto classes,
+the in-context CMS update (Eq. 71) against an independent autograd computation, the levels
+table, presets and config validation. CPU, float64 where comparing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from nestlearn import HopeConfig, HopeForCausalLM, TitansConfig, TitansForCausalLM
+from nestlearn.layers.continuum_memory import ContinuumMemory, swiglu_apply
+from nestlearn.models import format_levels
+from nestlearn.models.presets import FAMILIES, count_parameters, preset_config
+
+DT = torch.float64
+V = 37
+SMALL = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
+
+CONFIGS = {
+    "hope": lambda: HopeConfig(**SMALL, chunk_size=4, proj_chunk_size=4, cms_hidden_sizes=[8, 8]),
+    "hope-cms-in-context": lambda: HopeConfig(
+        **SMALL, chunk_size=4, proj_chunk_size=4, cms_hidden_sizes=[8, 8],
+        cms_periods=[4, 8], cms_inner_lrs=[0.5, 0.25]),
+    "hope-cms-nested": lambda: HopeConfig(
+        **SMALL, chunk_size=4, proj_chunk_size=4, cms_hidden_sizes=[8, 8],
+        cms_periods=[2, 4], cms_inner_lrs=[0.5, 0.25], cms_variant="nested"),
+    "hope_attention-cms-independent": lambda: HopeConfig(
+        **SMALL, variant="hope_attention", cms_hidden_sizes=[8, 8, 8], cms_periods=[3, 0, 6],
+        cms_inner_lrs=[0.5, 0.0, 0.25], cms_variant="independent"),
+    "hope_attention": lambda: HopeConfig(**SMALL, variant="hope_attention",
+                                         cms_hidden_sizes=[8, 8]),
+    "titans": lambda: TitansConfig(**SMALL, chunk_size=4, intermediate_size=24),
+    "titans-mag": lambda: TitansConfig(**SMALL, variant="mag", chunk_size=4, sliding_window=5,
+                                       intermediate_size=24),
+}
+NAMES = list(CONFIGS)
+
+
+def make(name):
+    torch.manual_seed(0)
+    config = CONFIGS[name]()
+    cls = HopeForCausalLM if isinstance(config, HopeConfig) else TitansForCausalLM
+    return cls(config).to(DT).eval()
+
+
+def ids_of(B=2, T=13, seed=1):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def close(a, b, what=""):
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m: f"{what}: {m}")
+
+
+def run_in_pieces(model, ids, splits):
+    cache, logits = None, []
+    bounds = [0, *splits, ids.shape[1]]
+    for lo, hi in zip(bounds, bounds[1:]):
+        out = model(ids[:, lo:hi], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        logits.append(out.logits)
+    return torch.cat(logits, 1), cache
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_causal(name):
+    model = make(name)
+    ids = ids_of()
+    changed = ids.clone()
+    changed[:, 8:] = (changed[:, 8:] + 5) % V
+    with torch.no_grad():
+        a, b = model(ids).logits, model(changed).logits
+    close(a[:, :8], b[:, :8], "logits before the change")
+    assert (a[:, 8:] - b[:, 8:]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("splits", [[7], [4, 8], [3, 5, 6, 9, 10, 11, 12], list(range(1, 13))],
+                         ids=["prefill-7", "on-chunks", "mixed", "token-by-token"])
+@pytest.mark.parametrize("name", NAMES)
+def test_cached_decoding_and_streaming_equal_full_forward(name, splits):
+    model = make(name)
+    ids = ids_of()
+    with torch.no_grad():
+        full = model(ids).logits
+        pieces, _ = run_in_pieces(model, ids, splits)
+    close(pieces, full, "streamed logits")
+
+
+@pytest.mark.parametrize("name", ["hope", "hope-cms-in-context", "titans"])
+def test_streaming_with_gradients_equals_one_pass(name):
+    """Training on a stream cut in pieces (carried state, grad enabled) gives the same loss
+    gradient as one pass."""
+    model = make(name).train()
+    ids = ids_of(T=12)
+    g_full = torch.autograd.grad(model(ids).logits.square().sum(), list(model.parameters()))
+    pieces, _ = run_in_pieces(model, ids, [5, 8])
+    g_split = torch.autograd.grad(pieces.square().sum(), list(model.parameters()))
+    for a, b in zip(g_full, g_split):
+        close(a, b, "parameter gradient")
+
+
+@pytest.mark.parametrize("name", ["hope", "hope-cms-in-context", "hope_attention", "titans"])
+def test_generate_greedy_equals_manual_argmax(name):
+    model = make(name)
+    prompt = ids_of(T=6)
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=7, do_sample=False, pad_token_id=0)
+        seq = prompt
+        for _ in range(7):
+            nxt = model(seq).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], 1)
+    assert torch.equal(out, seq)
+
+
+@pytest.mark.parametrize("name", ["hope", "titans"])
+def test_generate_sampling_runs(name):
+    model = make(name)
+    torch.manual_seed(3)
+    out = model.generate(ids_of(T=4), max_new_tokens=5, do_sample=True, top_k=5, pad_token_id=0)
+    assert out.shape == (2, 9)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_equals_one_by_one(name):
+    model = make(name)
+    ids = ids_of(B=3, T=10)
+    with torch.no_grad():
+        batch = model(ids).logits
+        for b in range(3):
+            close(batch[b:b + 1], model(ids[b:b + 1]).logits, f"sequence {b}")
+
+
+@pytest.mark.parametrize("name", ["hope", "hope_attention", "titans", "titans-mag"])
+def test_left_padding_writes_nothing(name):
+    """A row left-padded by one chunk (4 tokens) gives the logits of the sequence alone."""
+    model = make(name)
+    ids = ids_of(B=2, T=9)
+    full_row = torch.cat([ids[:1, :4], ids[:1]], 1)  # 13 real tokens
+    padded_row = torch.cat([torch.full((1, 4), 3), ids[1:]], 1)  # 4 pads (garbage ids) + 9
+    mask = torch.tensor([[1] * 13, [0] * 4 + [1] * 9])
+    with torch.no_grad():
+        out = model(torch.cat([full_row, padded_row]), attention_mask=mask).logits
+        alone = model(ids[1:]).logits
+    close(out[1:, 4:], alone, "padded row")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_gets_a_gradient(name):
+    model = make(name).train()
+    ids = ids_of(T=12)
+    model(ids, labels=ids).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
+    assert not missing, f"no gradient reaches {missing}"
+
+
+@pytest.mark.parametrize("name", ["hope", "hope-cms-in-context", "titans-mag"])
+def test_save_pretrained_round_trip(tmp_path, name):
+    model = make(name)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=DT).eval()
+    assert type(loaded) is type(model)
+    for (n, p), (_, q) in zip(model.named_parameters(), loaded.named_parameters()):
+        assert torch.equal(p, q), n
+    ids = ids_of()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_auto_from_config(name):
+    model = AutoModelForCausalLM.from_config(CONFIGS[name]())
+    assert type(model).__name__ in ("HopeForCausalLM", "TitansForCausalLM")
+
+
+def test_in_context_cms_update_matches_autograd():
+    """After the first chunk, an in-context CMS level's fast weights are
+    W0 - lr * grad_W sum_{t, t+1 in chunk} -log p(x_{t+1} | x_<=t) (Eq. 71), computed here
+    independently with autograd on a forward that never updates."""
+    cfg = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+               variant="hope_attention", cms_hidden_sizes=[8, 8])
+    torch.manual_seed(0)
+    learner = HopeForCausalLM(HopeConfig(**cfg, cms_periods=[4, 0], cms_inner_lrs=[0.3, 0.0]))
+    learner = learner.to(DT).eval()
+    ids = ids_of(B=2, T=6)
+    with torch.no_grad():
+        cache = learner(ids, use_cache=True).past_key_values
+    static = HopeForCausalLM(HopeConfig(**cfg)).to(DT)
+    static.load_state_dict(learner.state_dict())
+    for b in range(2):
+        logits = static(ids[b:b + 1, :4]).logits[0]  # positions 0..3 of the first chunk
+        nll = torch.nn.functional.cross_entropy(logits[:-1], ids[b, 1:4], reduction="sum")
+        level0 = [blk.cms.levels[0] for blk in static.model.layers]
+        weights = [w for lvl in level0 for w in lvl.weights()]
+        grads = torch.autograd.grad(nll, weights)
+        for i, blk in enumerate(static.model.layers):
+            fast = cache[i][1].fast[0]
+            for j, (w, g) in enumerate(zip(blk.cms.levels[0].weights(), grads[3 * i:3 * i + 3])):
+                close(fast[j][b], w - 0.3 * g, f"layer {i} weight {j} sequence {b}")
+
+
+def test_cms_with_zero_inner_lrs_is_a_plain_mlp_stack():
+    cms = ContinuumMemory(12, hidden_sizes=[8, 6], periods=[4, 16], inner_lrs=[0.0, 0.0]).to(DT)
+    x = torch.randn(2, 5, 12, dtype=DT)
+    y, _ = cms(x)
+    expected = x
+    for level in cms.levels:
+        h = level.norm(expected)
+        expected = expected + torch.nn.functional.silu(h @ level.w_gate.T) * (
+            h @ level.w_up.T) @ level.w_down.T
+    close(y, expected, "CMS with inner lr 0")
+    close(swiglu_apply(x, *cms.levels[0].weights()),
+          (torch.nn.functional.silu(x @ cms.levels[0].w_gate.T) * (x @ cms.levels[0].w_up.T))
+          @ cms.levels[0].w_down.T, "swiglu")
+
+
+def test_levels_table():
+    model = make("hope-cms-in-context")
+    rows = model.levels()
+    names = [r["name"] for r in rows]
+    assert names[0].startswith("SMT projection memories") and names[-1].startswith("pre-training")
+    assert any("4 tokens" == r["period"] for r in rows)
+    assert rows[-1]["parameters"] == sum(p.numel() for p in model.parameters())
+    assert "| name | parameters | period |" in format_levels(rows)
+    assert make("titans").levels()[0]["period"] == "4 tokens"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_presets_match_transformer_parameter_count(family):
+    ref = count_parameters(preset_config("transformer", "tiny"))
+    n = count_parameters(preset_config(family, "tiny"))
+    assert abs(n / ref - 1) < 0.01, (family, n, ref)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("variant", "hopeless"), ("hidden_size", 15), ("chunk_size", 0), ("smt_rule", "adam"),
+     ("cms_variant", "parallel"), ("cms_periods", [4]), ("cms_inner_lrs", [0.1, -1.0]),
+     ("eta_max", 0.0), ("cms_meta_grad", "third_order"), ("q_projection", "dynamic")],
+)
+def test_invalid_hope_config_raises_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        HopeConfig(**{**SMALL, field: value})
+
+
+def test_in_context_level_needs_a_period():
+    with pytest.raises(ValueError, match="cms_periods"):
+        HopeConfig(**SMALL, cms_periods=[0, 0], cms_inner_lrs=[0.1, 0.0])
+
+
+@pytest.mark.parametrize("field,value", [("variant", "mac"), ("memory", "deep"),
+                                         ("chunk_size", -1), ("lr_max", 0)])
+def test_invalid_titans_config_raises_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        TitansConfig(**{**SMALL, field: value})
