@@ -24,3 +24,15 @@ def test_memory_read_matches_the_next_per_token_read():
     torch.testing.assert_close(memory_read(q, state), expected)
     shared = MemoryState(weights=(state.weights[0][0],))  # [H, O, I]
     torch.testing.assert_close(memory_read(q, shared), expected)
+
+
+def test_levels_command_prints_the_table(capsys):
+    assert cli.main(["levels", "--family", "hope", "--preset", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "SMT main memory" in out and "pre-training" in out
+
+
+def test_levels_command_bad_family_is_one_line_error(capsys):
+    assert cli.main(["levels", "--family", "gpt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --family must be one of") and "\n" not in err

@@ -63,7 +63,11 @@ def hope_levels(model) -> list[dict[str, Any]]:
             objective="closed form (attention over the context)", update="KV cache append",
             reset="every sequence"))
     cms = base.layers[0].cms
-    order = sorted(range(len(cms.levels)), key=lambda i: (cms.periods[i] == 0, cms.periods[i]))
+    def speed(i):  # in-context levels, then every optimizer step, then slow levels
+        p, lr = cms.periods[i], cms.inner_lrs[i]
+        return (0, p) if p and lr else ((1, 0) if p == 0 else (2, p))
+
+    order = sorted(range(len(cms.levels)), key=speed)
     for i in order:
         p, lr = cms.periods[i], cms.inner_lrs[i]
         params = len(base.layers) * _count(*cms.levels[i].weights())
