@@ -22,7 +22,6 @@ Dimension legend: B batch, T tokens, L tokens in a segment, D model width, V voc
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from typing import Any
 
@@ -34,19 +33,13 @@ from transformers import GenerationMixin
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from nestlearn.layers.attention import Attention
-from nestlearn.layers.continuum_memory import CMSLevel, CMSState, ContinuumMemory
-from nestlearn.layers.conv import CausalDepthwiseConv
+from nestlearn.layers.continuum_memory import CMSState, ContinuumMemory
 from nestlearn.layers.norm import RMSNorm
 from nestlearn.layers.self_modifying_titans import SelfModifyingTitans
-from nestlearn.layers.titans_memory import TitansMemory
 from nestlearn.models.base import CausalLMMixin, DecoderModelMixin, NestlearnPreTrainedModel
 from nestlearn.models.cache import LayerStateCache
 from nestlearn.models.hope.configuration_hope import HopeConfig
-
-try:
-    from transformers import initialization as init
-except ImportError:  # pragma: no cover - transformers 4
-    from torch.nn import init
+from nestlearn.models.initialization import init_module
 
 __all__ = ["HopeBlock", "HopeCache", "HopeForCausalLM", "HopeModel", "HopePreTrainedModel"]
 
@@ -119,59 +112,14 @@ class HopePreTrainedModel(NestlearnPreTrainedModel):
     supports_gradient_checkpointing = False
 
     def _init_weights(self, module: nn.Module) -> None:
-        """The only place parameters of this model are initialised.
-
-        | parameter                                            | init                          |
-        | ---------------------------------------------------- | ----------------------------- |
-        | embeddings, attention q/k/v, CMS gate/up, LM head    | N(0, r^2)                     |
-        | mixer output projection, CMS down projections        | N(0, r^2 / (2 N))             |
-        | self-modifying Titans memories, rates, convolutions  | ``SelfModifyingTitans.reset_parameters`` |
-        | RMSNorm gains                                        | 1                             |
-
-        r is ``initializer_range`` and N the number of blocks (GPT-2's depth scaling of the
-        writes into the residual stream). Modules inside a self-modifying Titans layer are
-        initialised by that layer, so the result does not depend on the order of the calls.
-        """
-        std = self.config.initializer_range
-        out_std = std / math.sqrt(2 * self.config.num_hidden_layers)
-        if isinstance(module, (SelfModifyingTitans, TitansMemory)):
-            module.reset_parameters(init, out_std=out_std)
-        elif isinstance(module, CMSLevel):
-            init.normal_(module.w_gate, mean=0.0, std=std)
-            init.normal_(module.w_up, mean=0.0, std=std)
-            init.normal_(module.w_down, mean=0.0, std=out_std)
-        elif isinstance(module, ContinuumMemory) and module.variant == "independent":
-            init.constant_(module.mix, 1.0 / len(module.levels))
-        elif _inside_memory_layer(self, module):
-            return
-        elif isinstance(module, CausalDepthwiseConv):
-            module.reset_parameters(init)
-        elif isinstance(module, nn.Linear):
-            is_out = any(m is module and name.endswith("mixer.o_proj")
-                         for name, m in self.named_modules())
-            init.normal_(module.weight, mean=0.0, std=out_std if is_out else std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, RMSNorm):
-            init.ones_(module.weight)
+        """The only place parameters are initialised: ``nestlearn.models.initialization``."""
+        init_module(self, module)
 
     def levels(self) -> list[dict[str, Any]]:
         """The model's levels (decision D1), from the fastest to the slowest."""
         from nestlearn.models.levels import hope_levels
 
         return hope_levels(self)
-
-
-def _inside_memory_layer(model: nn.Module, module: nn.Module) -> bool:
-    """Whether ``module`` belongs to a self-modifying Titans / Titans memory layer (which
-    initialises its own submodules)."""
-    for layer in model.modules():
-        if isinstance(layer, (SelfModifyingTitans, TitansMemory)) and layer is not module:
-            if any(m is module for m in layer.modules()):
-                return True
-    return False
 
 
 class HopeModel(DecoderModelMixin, HopePreTrainedModel):

@@ -10,7 +10,6 @@ Dimension legend: B batch, T tokens, D model width.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch.nn.functional as F
@@ -18,17 +17,12 @@ from torch import Tensor, nn
 from transformers import GenerationMixin
 
 from nestlearn.layers.attention import Attention
-from nestlearn.layers.conv import CausalDepthwiseConv
 from nestlearn.layers.mlp import SwiGLU
 from nestlearn.layers.norm import RMSNorm
 from nestlearn.layers.titans_memory import TitansMemory
 from nestlearn.models.base import CausalLMMixin, DecoderModelMixin, NestlearnPreTrainedModel
+from nestlearn.models.initialization import init_module
 from nestlearn.models.titans.configuration_titans import TitansConfig
-
-try:
-    from transformers import initialization as init
-except ImportError:  # pragma: no cover - transformers 4
-    from torch.nn import init
 
 __all__ = ["TitansBlock", "TitansForCausalLM", "TitansModel", "TitansPreTrainedModel"]
 
@@ -84,39 +78,14 @@ class TitansPreTrainedModel(NestlearnPreTrainedModel):
     supports_gradient_checkpointing = False
 
     def _init_weights(self, module: nn.Module) -> None:
-        """The only place parameters of this model are initialised: embeddings, attention and
-        MLP projections N(0, r^2); attention ``o_proj``, MLP ``down_proj`` and the memory's
-        output projection N(0, r^2 / (2 N)) (GPT-2 depth scaling); the memory layer's own
-        parameters by ``TitansMemory.reset_parameters``; RMSNorm gains 1."""
-        std = self.config.initializer_range
-        out_std = std / math.sqrt(2 * self.config.num_hidden_layers)
-        if isinstance(module, TitansMemory):
-            module.reset_parameters(init, out_std=out_std)
-        elif _inside(self, module, TitansMemory):
-            return
-        elif isinstance(module, CausalDepthwiseConv):
-            module.reset_parameters(init)
-        elif isinstance(module, nn.Linear):
-            is_out = any(m is module and name.endswith(("attn.o_proj", "mlp.down_proj"))
-                         for name, m in self.named_modules())
-            init.normal_(module.weight, mean=0.0, std=out_std if is_out else std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, RMSNorm):
-            init.ones_(module.weight)
+        """The only place parameters are initialised: ``nestlearn.models.initialization``."""
+        init_module(self, module)
 
     def levels(self) -> list[dict[str, Any]]:
         """The model's levels (decision D1), from the fastest to the slowest."""
         from nestlearn.models.levels import titans_levels
 
         return titans_levels(self)
-
-
-def _inside(model: nn.Module, module: nn.Module, kind: type) -> bool:
-    return any(isinstance(layer, kind) and layer is not module
-               and any(m is module for m in layer.modules()) for layer in model.modules())
 
 
 class TitansModel(DecoderModelMixin, TitansPreTrainedModel):
