@@ -24,6 +24,8 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from nestlearn.models._checks import check_choice, check_number, check_positive_int
+
 __all__ = ["HopeConfig"]
 
 VARIANTS = ("hope", "hope_attention")
@@ -123,10 +125,10 @@ class HopeConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
-        _choice("variant", self.variant, VARIANTS)
+        check_choice("variant", self.variant, VARIANTS)
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "memory_expansion", "chunk_size", "proj_chunk_size", "conv_size"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -134,13 +136,13 @@ class HopeConfig(PreTrainedConfig):
             )
         if self.variant == "hope_attention" and (self.hidden_size // self.num_attention_heads) % 2:
             raise ValueError("hope_attention needs an even head width (RoPE rotates pairs)")
-        _choice("smt_rule", self.smt_rule, ("dgd", "gd"))
-        _choice("smt_momentum", self.smt_momentum, ("learned", "none"))
-        _choice("smt_retention", self.smt_retention, ("learned", "none"))
-        _choice("q_projection", self.q_projection, ("static", "adaptive"))
-        _choice("write_grad", self.write_grad, ("full", "detach"))
-        _choice("cms_variant", self.cms_variant, ("sequential", "nested", "independent"))
-        _choice("cms_meta_grad", self.cms_meta_grad, ("second_order", "first_order"))
+        check_choice("smt_rule", self.smt_rule, ("dgd", "gd"))
+        check_choice("smt_momentum", self.smt_momentum, ("learned", "none"))
+        check_choice("smt_retention", self.smt_retention, ("learned", "none"))
+        check_choice("q_projection", self.q_projection, ("static", "adaptive"))
+        check_choice("write_grad", self.write_grad, ("full", "detach"))
+        check_choice("cms_variant", self.cms_variant, ("sequential", "nested", "independent"))
+        check_choice("cms_meta_grad", self.cms_meta_grad, ("second_order", "first_order"))
         if self.cms_hidden_sizes is None:
             self.cms_hidden_sizes = [self.hidden_size, self.hidden_size]
         self.cms_hidden_sizes = list(self.cms_hidden_sizes)
@@ -159,11 +161,10 @@ class HopeConfig(PreTrainedConfig):
             )
         for i, (h, p, lr) in enumerate(zip(self.cms_hidden_sizes, self.cms_periods,
                                            self.cms_inner_lrs)):
-            _positive_int(f"cms_hidden_sizes[{i}]", h)
+            check_positive_int(f"cms_hidden_sizes[{i}]", h)
             if isinstance(p, bool) or not isinstance(p, int) or p < 0:
                 raise ValueError(f"cms_periods[{i}] must be an integer >= 0, got {p!r}")
-            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr < 0:
-                raise ValueError(f"cms_inner_lrs[{i}] must be a number >= 0, got {lr!r}")
+            check_number(f"cms_inner_lrs[{i}]", lr, strict=False)
             if lr > 0 and p == 0:
                 raise ValueError(
                     f"cms_inner_lrs[{i}] = {lr} needs cms_periods[{i}] > 0 (an in-context level "
@@ -176,17 +177,10 @@ class HopeConfig(PreTrainedConfig):
                 f"got periods {ctx}"
             )
         for name in ("eta_max", "rope_theta", "rms_norm_eps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+            check_number(name, getattr(self, name))
         if self.sliding_window is not None:
-            _positive_int("sliding_window", self.sliding_window)
-        if isinstance(self.initializer_range, bool) or not isinstance(
-            self.initializer_range, (int, float)
-        ) or self.initializer_range < 0:
-            raise ValueError(
-                f"initializer_range must be a number >= 0, got {self.initializer_range!r}"
-            )
+            check_positive_int("sliding_window", self.sliding_window)
+        check_number("initializer_range", self.initializer_range, strict=False)
         super().__post_init__(**kwargs)
 
     @property
@@ -196,13 +190,3 @@ class HopeConfig(PreTrainedConfig):
     @property
     def has_in_context_cms(self) -> bool:
         return any(p and lr for p, lr in zip(self.cms_periods, self.cms_inner_lrs))
-
-
-def _choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -14,6 +14,8 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from nestlearn.models._checks import check_choice, check_number, check_positive_int
+
 from nestlearn.layers.mlp import swiglu_hidden_size
 
 __all__ = ["TitansConfig"]
@@ -89,13 +91,10 @@ class TitansConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs: Any) -> None:
         for name, allowed in (("variant", ("lmm", "mag")), ("memory", ("residual_mlp", "linear")),
                               ("memory_read", ("chunk_start", "per_token"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+            check_choice(name, getattr(self, name), allowed)
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "memory_expansion", "chunk_size", "conv_size", "sliding_window"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, getattr(self, name))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -103,14 +102,8 @@ class TitansConfig(PreTrainedConfig):
             )
         if self.intermediate_size is None:
             self.intermediate_size = swiglu_hidden_size(self.hidden_size)
-        if isinstance(self.intermediate_size, bool) or not isinstance(
-            self.intermediate_size, int
-        ) or self.intermediate_size <= 0:
-            raise ValueError(
-                f"intermediate_size must be a positive integer, got {self.intermediate_size!r}"
-            )
+        check_positive_int("intermediate_size", self.intermediate_size)
         for name in ("lr_max", "rope_theta", "rms_norm_eps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+            check_number(name, getattr(self, name))
+        check_number("initializer_range", self.initializer_range, strict=False)
         super().__post_init__(**kwargs)
