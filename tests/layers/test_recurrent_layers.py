@@ -48,10 +48,12 @@ def test_chunked_matches_reference(name, T):
     g_fast = torch.autograd.grad(y_fast.square().sum(), params, allow_unused=True)
     g_ref = torch.autograd.grad(y_ref.square().sum(), params, allow_unused=True)
     names = ["x"] + [n for n, _ in layer.named_parameters()]
-    for n, a, b in zip(names, g_fast, g_ref):
-        assert (a is None) == (b is None), n
-        if a is not None:
-            _close(a, b, f"d/d{n}")
+    for n, a, b, p in zip(names, g_fast, g_ref, params):
+        # a parameter the output does not depend on (e.g. the projection memories while T fits in
+        # the first chunk) may get no gradient (None) or zeros: the fused path stacks the five
+        # memories into shared tensors
+        zero = torch.zeros_like(p)
+        _close(zero if a is None else a, zero if b is None else b, f"d/d{n}")
 
 
 @pytest.mark.parametrize("splits", [[4, 8], [3, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]],

@@ -48,7 +48,8 @@ from torch import Tensor, nn
 from nestlearn.layers.conv import CausalDepthwiseConv
 from nestlearn.layers.conv import new_token_mask as _new_token_mask
 from nestlearn.layers.titans_memory import GatedHeadOutput
-from nestlearn.memory import MemoryState, memory_chunked, memory_read, memory_reference
+from nestlearn.memory import MemoryState, _core, memory_chunked, memory_read, memory_reference
+from nestlearn.memory.chunked import advance_weight, chunk_coefficients
 
 __all__ = ["SelfModifyingTitans", "SMTState"]
 
@@ -212,13 +213,18 @@ class SelfModifyingTitans(nn.Module):
         state: SMTState | None = None,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
-        impl: Literal["chunked", "reference"] = "chunked",
+        impl: Literal["chunked", "per_group", "reference"] = "chunked",
     ) -> tuple[Tensor, SMTState]:
         """``x: [B, T, D]`` -> ``(y [B, T, D], state)``.
 
-        ``attention_mask: [B, T]`` (1 = token, 0 = padding). ``impl="reference"`` walks token by
-        token with ``memory_reference`` (for tests; same results).
+        ``attention_mask: [B, T]`` (1 = token, 0 = padding). ``impl`` selects one of three
+        implementations with the same results: ``"chunked"`` (default) advances all five memories
+        of a segment together (``_fused_segment``); ``"per_group"`` calls ``memory_chunked`` once
+        per group of memories; ``"reference"`` walks token by token with ``memory_reference``
+        (the specification, for tests).
         """
+        if impl not in ("chunked", "per_group", "reference"):
+            raise ValueError(f"impl must be 'chunked', 'per_group' or 'reference', got {impl!r}")
         B, T, D = x.shape
         H, d = self.num_heads, self.head_dim
         st = self.initial_state() if state is None else state
@@ -233,8 +239,19 @@ class SelfModifyingTitans(nn.Module):
             q_lin, conv_q = self.conv_q(self.q_proj(x), state=conv_q)
             q_all = F.normalize(q_lin.view(B, T, H, d), dim=-1)
         beta_all = None if self.beta_proj is None else torch.sigmoid(self.beta_proj(x))  # [B,T,H]
+        st = replace(st, conv=(conv_q, conv_k, conv_v))
+        if impl == "chunked":
+            o, new_state = self._forward_fused(xh, q_all, beta_all, keep, st)
+        else:
+            o, new_state = self._forward_per_group(xh, q_all, beta_all, keep, st, impl)
+        return self.output(o.to(x.dtype), x), new_state
 
-        update = memory_chunked if impl == "chunked" else memory_reference
+    def _forward_per_group(self, xh, q_all, beta_all, keep, st: SMTState, impl):
+        """One ``memory_chunked`` (or ``memory_reference``) call per group of memories and
+        segment, the memories of a group stacked on the head axis. ``-> o [B, T, H, d]``."""
+        B, T, H, d = xh.shape
+        conv_q, conv_k, conv_v = st.conv
+        update = memory_chunked if impl == "per_group" else memory_reference
         vec, gate, main = st.vec, st.gate, st.main
         outs = []
         start = 0
@@ -255,17 +272,9 @@ class SelfModifyingTitans(nn.Module):
             else:
                 q = q_all[:, seg]
             gates = _read_stacked(xs, gate, self.n_gate, "mlp")[..., 0]  # [B, L, n_gate*H]
-            eta = self.eta_max * torch.sigmoid(gates[..., :H] + self.eta_bias)
-            if self.retention == "learned":
-                # bounded away from 0: the memory core takes retention products in log space
-                alpha = torch.sigmoid(gates[..., H:] + self.alpha_bias).clamp_min(1e-4)
-            else:
-                alpha = None
+            eta, alpha = self._rates(gates[..., :H], gates[..., H:], None if keep is None
+                                     else keep[:, seg, None])
             beta = None if beta_all is None else beta_all[:, seg]
-            if keep is not None:
-                m = keep[:, seg, None]  # [B, L, 1]
-                eta = eta * m
-                alpha = None if alpha is None else torch.where(m, alpha, torch.ones_like(alpha))
             # 2. self-generated targets v_hat = M(v) at each memory's chunk-start state (Eq. 84)
             vhat_vec = _read_stacked(v, vec, self.n_vec, "residual_mlp")
             vhat_gate = _read_stacked(v, gate, self.n_gate, "mlp")
@@ -285,9 +294,150 @@ class SelfModifyingTitans(nn.Module):
             o, main = write(main, 1, vhat_main, "residual_mlp", self.chunk_size, query=q)
             outs.append(o)
             start += L
-        o = torch.cat(outs, dim=1) if outs else x.new_zeros(B, 0, H, d)  # [B, T, H, d]
-        new_state = SMTState(vec=vec, gate=gate, main=main, conv=(conv_q, conv_k, conv_v))
-        return self.output(o, x), new_state
+        o = torch.cat(outs, dim=1) if outs else xh.new_zeros(B, 0, H, d)  # [B, T, H, d]
+        return o, SMTState(vec=vec, gate=gate, main=main, conv=(conv_q, conv_k, conv_v))
+
+    def _rates(self, eta_logit: Tensor, alpha_logit: Tensor, keep: Tensor | None):
+        """``eta = eta_max sigmoid(. + b_eta)``, ``alpha = sigmoid(. + b_alpha)`` from the gate
+        memories' reads ``[B, L, H]``; padded positions (``keep`` False) write nothing."""
+        eta = self.eta_max * torch.sigmoid(eta_logit + self.eta_bias)
+        if self.retention == "learned":
+            # bounded away from 0: the memory core takes retention products in log space
+            alpha = torch.sigmoid(alpha_logit + self.alpha_bias).clamp_min(1e-4)
+        else:
+            alpha = None
+        if keep is not None:
+            eta = eta * keep
+            alpha = None if alpha is None else torch.where(keep, alpha, torch.ones_like(alpha))
+        return eta, alpha
+
+    # --- the fused path -------------------------------------------------------------------------
+
+    def _forward_fused(self, xh, q_all, beta_all, keep, st: SMTState):
+        """All five memories advance together, one segment at a time (``_fused_segment``).
+        ``-> o [B, T, H, d]`` in the compute dtype."""
+        B, T, H, d = xh.shape
+        dtype = torch.promote_types(xh.dtype, torch.float32)
+        stack = _Stack.from_state(st, self.n_gate, self.n_vec, B, H, dtype)
+        if beta_all is not None and stack.s2 is None:
+            stack = stack.zero_momentum()
+        conv = st.conv
+
+        def internal(t: Tensor | None) -> Tensor | None:  # [B, T, H, ...] -> [B, H, T, ...]
+            return None if t is None else t.to(dtype).transpose(1, 2)
+
+        x_i, q_i, beta_i = internal(xh), internal(q_all), internal(beta_all)
+        keep_i = None if keep is None else keep[:, None, :]  # [B, 1, T]
+        outs = []
+        start = 0
+        while start < T:
+            L = self._segment_length(T - start, stack.proj_offset, stack.main_offset, "chunked")
+            seg = slice(start, start + L)
+
+            def cut(t: Tensor | None) -> Tensor | None:
+                return None if t is None else t[:, :, seg]
+
+            o, stack, conv = self._fused_segment(
+                stack, conv, cut(x_i), cut(q_i), cut(beta_i), cut(keep_i))
+            outs.append(o)
+            start += L
+        o = torch.cat(outs, dim=2) if outs else x_i.new_zeros(B, H, 0, d)  # [B, H, T, d]
+        return o.transpose(1, 2), stack.to_state(conv)
+
+    def _fused_segment(self, stk: _Stack, conv, x: Tensor, q: Tensor | None, beta: Tensor | None,
+                       keep: Tensor | None):
+        """One segment (``L`` tokens inside one chunk of both grids) of all memories at once.
+
+        ``x``, ``q``: ``[B, H, L, d]`` (the l2-normalised input slices and static queries, or
+        ``None`` for the adaptive q); ``beta``: ``[B, H, L]``; ``keep``: ``[B, 1, L]``.
+        Memory axis m (size M): gate memories (eta[, alpha]), vec memories (k, v[, q]), main.
+        The input-side weights of all memories share the keys, so they are one ``[M*h, d]`` matrix
+        per head (``stk.w2``); each memory's output weights are a separate ``[O, h]`` matrix
+        (``stk.w1r``: the residual memories vec and main, ``stk.w1g``: the gates, O = 1).
+        Returns ``(o [B, H, L, d], stack, conv)``.
+        """
+        B, H, L, d = x.shape
+        G, V, h = self.n_gate, self.n_vec, self.hidden
+        M, R = G + V + 1, V + 1
+        conv_q, conv_k, conv_v = conv
+        c2, c1r, c1g = stk.c2, stk.c1r, stk.c1g  # chunk-start weights (D6)
+
+        def per_memory(t: Tensor) -> Tensor:  # [B, H, L, M*h] -> [B, H, M, L, h]
+            return t.unflatten(-1, (M, h)).transpose(2, 3)
+
+        def public(t: Tensor) -> Tensor:  # [B, H, L, d] -> [B, L, H*d]
+            return t.transpose(1, 2).reshape(B, L, H * d)
+
+        def internal(t: Tensor) -> Tensor:  # [B, L, H*d] -> [B, H, L, d]
+            return t.view(B, L, H, d).transpose(1, 2)
+
+        # 1. projections k, v[, q], eta, alpha from the chunk-start memories (Eq. 83, NL 8.2);
+        #    the main memory's rows are computed and dropped (cheaper than slicing its weights out)
+        ax = per_memory(F.silu(x @ c2.mT))  # [B, H, M, L, h]
+        gx = (ax[:, :, :G] @ c1g.mT)[..., 0]  # [B, H, G, L]
+        vx = x[:, :, None] + ax[:, :, G:] @ c1r.mT  # [B, H, R, L, d] (residual, Eq. 89)
+        k_lin, conv_k = self.conv_k(public(vx[:, :, 0]), state=conv_k)
+        v_lin, conv_v = self.conv_v(public(vx[:, :, 1]), state=conv_v)
+        k = F.normalize(internal(k_lin), dim=-1)  # [B, H, L, d]
+        v = internal(v_lin)
+        if q is None:  # adaptive q (Eq. 96)
+            q_lin, conv_q = self.conv_q(public(vx[:, :, 2]), state=conv_q)
+            q = F.normalize(internal(q_lin), dim=-1)
+        alpha_logit = gx[:, :, 1] if G > 1 else None
+        eta, alpha = self._rates_internal(gx[:, :, 0], alpha_logit, keep)  # [B, H, L]
+
+        # 2. targets v_hat = M(v) (Eq. 84) and the inner gradients at the keys, both at the
+        #    chunk-start weights: one product for k and v (README section 1)
+        hkv = torch.cat([k, v], dim=2) @ c2.mT  # [B, H, 2L, M*h]
+        akv = F.silu(hkv)
+        a_m = per_memory(akv)  # [B, H, M, 2L, h]
+        yg = a_m[:, :, :G] @ c1g.mT  # [B, H, G, 2L, 1]
+        yr = a_m[:, :, G:] @ c1r.mT  # [B, H, R, 2L, d]
+        eg = yg[..., :L, :] - yg[..., L:, :]  # e = M(k) - v_hat  [B, H, G, L, 1]  (mlp)
+        er = yr[..., :L, :] - yr[..., L:, :] + (k - v)[:, :, None]  # [B, H, R, L, d]  (residual)
+        hk, ak = hkv[:, :, :L], akv[:, :, :L]  # [B, H, L, M*h]
+        a_k = a_m[..., :L, :]  # [B, H, M, L, h]
+        # dL/dh = (W1^T e) * silu'(h),  silu'(h) = s + a (1 - s)
+        back = torch.cat([eg * c1g, er @ c1r], dim=2)  # [B, H, M, L, h]
+        u2 = back.transpose(2, 3).flatten(3) * torch.addcmul(ak, torch.sigmoid(hk), 1 - ak)
+
+        # 3. one set of chunk coefficients for every memory: they share keys and rates (README 3-4)
+        dgd = self.rule == "dgd"
+        lr = _core.dgd_lr(eta, k) if dgd else eta
+        co = chunk_coefficients(
+            _core.log_or_zero(alpha, lr), None if beta is None else torch.log(beta), lr, k,
+            dgd=dgd, per_token=False,
+        )
+        co_m = co.map(lambda t: t.unsqueeze(2))  # broadcast over the memory axis of w1r, w1g
+
+        # 4. the writes (Eq. 88): DGD on the input side, scalar retention on the output side
+        kp = None
+        if dgd:  # W_0 K^T with the weights before the segment (== chunk start unless mid-chunk)
+            kp = hk if stk.proj_offset == 0 and stk.main_offset == 0 else k @ stk.w2.mT
+        w2, s2 = advance_weight(stk.w2, stk.s2, u2, k, co, kp=kp, K=k)
+        w1r, s1r = advance_weight(stk.w1r, stk.s1r, er, a_k[:, :, G:], co_m)
+        w1g, s1g = advance_weight(stk.w1g, stk.s1g, eg, a_k[:, :, :G], co_m)
+
+        # 5. the main memory reads q at its chunk-start weights (Eq. 90, 94)
+        o = q + F.silu(q @ c2[:, :, (M - 1) * h:].mT) @ c1r[:, :, R - 1].mT  # [B, H, L, d]
+
+        new = stk.advanced(
+            (w2, w1r, w1g), (s2, s1r, s1g), L=L, proj_chunk=self.proj_chunk_size,
+            main_chunk=self.chunk_size, detach=self.write_grad == "detach", h=h,
+        )
+        return o, new, (conv_q, conv_k, conv_v)
+
+    def _rates_internal(self, eta_logit: Tensor, alpha_logit: Tensor | None,
+                        keep: Tensor | None):
+        """:meth:`_rates` in the internal layout ``[B, H, L]`` (``keep``: ``[B, 1, L]``)."""
+        eta = self.eta_max * torch.sigmoid(eta_logit + self.eta_bias[:, None])
+        alpha = None
+        if alpha_logit is not None:
+            alpha = torch.sigmoid(alpha_logit + self.alpha_bias[:, None]).clamp_min(1e-4)
+        if keep is not None:
+            eta = eta * keep
+            alpha = None if alpha is None else torch.where(keep, alpha, torch.ones_like(alpha))
+        return eta, alpha
 
     def _segment_length(self, remaining: int, proj_offset: int, main_offset: int, impl) -> int:
         """Tokens until the next chunk boundary of either memory grid (the targets and
@@ -309,3 +459,116 @@ def _read_stacked(x: Tensor, state: MemoryState, n: int, kind: str) -> Tensor:
     """Read ``n`` memories stacked on the head axis at the same input: ``x [B, L, H, d]`` ->
     ``[B, L, n*H, O]``, with the chunk-start weights."""
     return memory_read(x.repeat(1, 1, n, 1), replace(state, weights=state.chunk_start), memory=kind)
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """The five memories of one layer in the fused path's layout (``_fused_segment``).
+
+    Memory axis m (size M = G + V + 1): the G gate memories (eta[, alpha]), the V vec memories
+    (k, v[, q]), the main memory; the R = V + 1 residual memories are the last R.
+    ``w2``: ``[B, H, M*h, d]`` input-side weights, memory m in rows ``m*h:(m+1)*h``;
+    ``w1r``: ``[B, H, R, d, h]`` and ``w1g``: ``[B, H, G, 1, h]`` output weights. ``s*`` the
+    momentum (or ``None``), ``c*`` the chunk-start weights; ``proj_offset``/``main_offset`` the
+    position inside the current chunk of the projection memories / the main memory.
+    """
+
+    w2: Tensor
+    w1r: Tensor
+    w1g: Tensor
+    s2: Tensor | None
+    s1r: Tensor | None
+    s1g: Tensor | None
+    c2: Tensor
+    c1r: Tensor
+    c1g: Tensor
+    proj_offset: int
+    main_offset: int
+    G: int
+    V: int
+
+    @classmethod
+    def from_state(cls, st: SMTState, G: int, V: int, B: int, H: int, dtype) -> _Stack:
+        def heads(t: Tensor, n: int) -> Tensor:  # [(B,) n*H, O, I] -> [B, H, n, O, I]
+            t = t.to(dtype)
+            t = t.expand(B, *t.shape[-3:]) if t.ndim == 3 else t
+            return t.unflatten(1, (n, H)).transpose(1, 2)
+
+        def gather(pick) -> tuple[Tensor, Tensor, Tensor]:
+            gate, vec, main = pick(st.gate), pick(st.vec), pick(st.main)
+            w2 = torch.cat([heads(gate[1], G), heads(vec[1], V), heads(main[1], 1)], dim=2)
+            w1r = torch.cat([heads(vec[0], V), heads(main[0], 1)], dim=2)
+            return w2.flatten(2, 3), w1r, heads(gate[0], G).contiguous()
+
+        w2, w1r, w1g = gather(lambda m: m.weights)
+        if all(m.chunk_start is m.weights for m in (st.gate, st.vec, st.main)):
+            c2, c1r, c1g = w2, w1r, w1g
+        else:
+            c2, c1r, c1g = gather(lambda m: m.chunk_start)
+        s2 = s1r = s1g = None
+        if st.main.momentum is not None:
+            s2, s1r, s1g = gather(lambda m: m.momentum)
+        return cls(w2, w1r, w1g, s2, s1r, s1g, c2, c1r, c1g, st.vec.offset, st.main.offset, G, V)
+
+    def zero_momentum(self) -> _Stack:
+        return replace(self, s2=torch.zeros_like(self.w2), s1r=torch.zeros_like(self.w1r),
+                       s1g=torch.zeros_like(self.w1g))
+
+    def advanced(self, W, S, *, L: int, proj_chunk: int, main_chunk: int, detach: bool,
+                 h: int) -> _Stack:
+        """The stack after a segment of ``L`` tokens with new weights ``W`` and momentum ``S``
+        (each ``(w2, w1r, w1g)``): a group whose chunk ends takes its new weights as chunk start
+        (and with ``detach`` cuts the graph there, like ``memory_chunked``)."""
+        po, mo = (self.proj_offset + L) % proj_chunk, (self.main_offset + L) % main_chunk
+        done = (po == 0, mo == 0)  # (projection memories, main memory)
+        # the main memory's share of each tensor: the last h rows of w2, the last w1r, no w1g
+        splits = ((self.G + self.V) * h, self.V, None)
+        dims = (2, 2, 2)
+
+        def by_group(new: Tensor, old: Tensor, split, dim: int, take: tuple[bool, bool]) -> Tensor:
+            """``new`` for the groups in ``take``, ``old`` for the others."""
+            if split is None:  # projection memories only
+                return new if take[0] else old
+            if take[0] == take[1]:
+                return new if take[0] else old
+            first, second = (new, old) if take[0] else (old, new)
+            n = new.shape[dim]
+            return torch.cat([first.narrow(dim, 0, split), second.narrow(dim, split, n - split)],
+                             dim)
+
+        if detach and any(done):
+            W = tuple(by_group(w.detach(), w, sp, dm, done) for w, sp, dm in zip(W, splits, dims))
+            if S[0] is not None:
+                S = tuple(by_group(s.detach(), s, sp, dm, done)
+                          for s, sp, dm in zip(S, splits, dims))
+        C = tuple(by_group(w, c, sp, dm, done)
+                  for w, c, sp, dm in zip(W, (self.c2, self.c1r, self.c1g), splits, dims))
+        return replace(self, w2=W[0], w1r=W[1], w1g=W[2], s2=S[0], s1r=S[1], s1g=S[2],
+                       c2=C[0], c1r=C[1], c1g=C[2], proj_offset=po, main_offset=mo)
+
+    def to_state(self, conv) -> SMTState:
+        G, V = self.G, self.V
+
+        def split(w2: Tensor, w1r: Tensor, w1g: Tensor):
+            """-> ((W1, W2) of gate, vec, main), each ``[B, n*H, O, I]`` (memory-major heads)."""
+            w2m = w2.unflatten(2, (G + V + 1, -1))  # [B, H, M, h, d]
+
+            def flat(t: Tensor) -> Tensor:  # [B, H, n, O, I] -> [B, n*H, O, I]
+                return t.transpose(1, 2).flatten(1, 2)
+
+            return (
+                (flat(w1g), flat(w2m[:, :, :G])),
+                (flat(w1r[:, :, :V]), flat(w2m[:, :, G:G + V])),
+                (flat(w1r[:, :, V:]), flat(w2m[:, :, G + V:])),
+            )
+
+        ws = split(self.w2, self.w1r, self.w1g)
+        same = self.c2 is self.w2 and self.c1r is self.w1r and self.c1g is self.w1g
+        cs = ws if same else split(self.c2, self.c1r, self.c1g)
+        ss = (None,) * 3 if self.s2 is None else split(self.s2, self.s1r, self.s1g)
+        offsets = (self.proj_offset, self.proj_offset, self.main_offset)
+        gate, vec, main = (
+            MemoryState(weights=w, momentum=s, chunk_start=c, offset=off)
+            for w, s, c, off in zip(ws, ss, cs, offsets)
+        )
+        return SMTState(vec=vec, gate=gate, main=main, conv=conv)

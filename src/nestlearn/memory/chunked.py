@@ -5,7 +5,7 @@ gradients of a chunk frozen at the chunk-start weights (decision D2), a chunk is
 recurrence in the weights, ``W_t = W_{t-1} A_t + S_t``, so:
 
 1. everything that depends only on the rates and keys (decay products, momentum sums, the WY/UT
-   factors of the DGD products) is computed for all chunks at once (``_coefficients``);
+   factors of the DGD products) is computed for all chunks at once (``chunk_coefficients``);
 2. a short loop over chunks computes each chunk's inner gradients at its start weights, in closed
    form and batched over the chunk's tokens, and jumps to the chunk's end state with a few
    matrix products (``_advance``);
@@ -108,7 +108,7 @@ def memory_chunked(
             return None if x is None else x[:, :, sl].unflatten(2, (n, L))
 
         Kg, Vg, Qg = chunks(a.k), chunks(a.v), chunks(a.q)
-        co = _coefficients(
+        co = chunk_coefficients(
             chunks(log_alpha), chunks(log_beta), chunks(eta), Kg,
             dgd=rule == "dgd", per_token=read == "per_token",
         )
@@ -151,12 +151,16 @@ class _Coeffs:
     mom_r: Tensor | None = None  # r: weight of S_0 in W_L
     mom_total: Tensor | None = None  # prod_{j<=L} beta_j
     eta_b: Tensor | None = None  # eta_i * prod_{j>i} beta_j: weight of step i in S_L
-    dgd_z: Tensor | None = None  # Z of the WY form, T_{s,L} = alpha_{s,L} (I - K^T Z restricted)
-    dgd_y: Tensor | None = None  # eta-scaled Y: W_L gets - U^T Y
-    dgd_rho_z: Tensor | None = None  # diag(rho) Z: S_0 enters W_L as r S_0 - S_0 K^T rho Z
+    # DGD (README eq. 4.4, fused): W_L = dt W_0 + r S_0 - [W_0 K^T | U^T | S_0 K^T] @ dgd_rhs with
+    # dgd_rhs = [dt Z ; diag(eta) Y ; diag(rho) Z]  ([..., 2L, I] without momentum: no S_0 block)
+    dgd_rhs: Tensor | None = None
     read_a: Tensor | None = None  # a_t = prod_{j<=t} alpha_j
     read_c: Tensor | None = None  # c_t: weight of S_0 in W_t
     read_d: Tensor | None = None  # D[t, i]: weight of step i in W_t (lower triangular)
+
+    def map(self, fn) -> _Coeffs:
+        """Apply ``fn`` to every tensor (e.g. insert a memory axis to broadcast over memories)."""
+        return _Coeffs(**{f: None if t is None else fn(t) for f, t in vars(self).items()})
 
 
 def _seg_exp(cum: Tensor) -> Tensor:
@@ -168,7 +172,7 @@ def _seg_exp(cum: Tensor) -> Tensor:
     return diff.masked_fill(~mask, float("-inf")).exp()
 
 
-def _coefficients(log_alpha, log_beta, eta, k, *, dgd: bool, per_token: bool) -> _Coeffs:
+def chunk_coefficients(log_alpha, log_beta, eta, k, *, dgd: bool, per_token: bool) -> _Coeffs:
     la = log_alpha.cumsum(-1)  # [B, H, N, L]
     amat = _seg_exp(la)  # [t, s] = alpha_{s,t} = prod_{j=s+1..t} alpha_j
     a_end = amat[..., -1, :]  # alpha_{s,L}
@@ -198,11 +202,11 @@ def _coefficients(log_alpha, log_beta, eta, k, *, dgd: bool, per_token: bool) ->
             unitriangular=True,
         )  # (I + diag(gamma) triu(K K^T, 1)) Z = diag(gamma) K
         y = e[..., None] * k - (kk_upper * F_ji.transpose(-1, -2)) @ z
-        co.dgd_z = z
-        co.dgd_y = eta[..., None] * y
+        blocks = [co.decay_total[..., None, None] * z, eta[..., None] * y]
         if bmat is not None:
             w = b0 * a_end
-            co.dgd_rho_z = (w.cumsum(-1) - w)[..., None] * z  # rho_j = sum_{s<j} B_s alpha_{s,L}
+            blocks.append((w.cumsum(-1) - w)[..., None] * z)  # rho_j = sum_{s<j} B_s alpha_{s,L}
+        co.dgd_rhs = torch.cat(blocks, dim=-2)
     if per_token:
         co.read_a = la.exp()
         co.read_d = amat if bmat is None else amat @ bmat
@@ -213,8 +217,7 @@ def _coefficients(log_alpha, log_beta, eta, k, *, dgd: bool, per_token: bool) ->
 
 def _unbind_chunks(co: _Coeffs, K: Tensor, V: Tensor):
     """Split the group's tensors into per-chunk views (one unbind per tensor, not per chunk)."""
-    fields = ("decay_total", "eta_e", "mom_r", "mom_total", "eta_b", "dgd_z", "dgd_y",
-              "dgd_rho_z")
+    fields = ("decay_total", "eta_e", "mom_r", "mom_total", "eta_b", "dgd_rhs")
     cols = {f: getattr(co, f).unbind(2) for f in fields if getattr(co, f) is not None}
     n = K.shape[2]
     return [
@@ -230,25 +233,59 @@ def _advance(memory, rule, W, S, grad: _core.InnerGrad, K, co: dict, *, same_sta
     gradient factors taken at the chunk-start weights.
     """
     w_in = _core.input_side(memory)
-    dt = co["decay_total"][..., None, None]
     new_W, new_S = [], []
     for i, (W_i, u, x) in enumerate(zip(W, grad.us, grad.xs)):
-        u_t = u.transpose(-1, -2)  # [B, H, O, L]
-        if rule == "dgd" and i == w_in:
+        dgd = rule == "dgd" and i == w_in
+        kp = None
+        if dgd:
             kp = grad.key_proj if same_start else K @ W_i.transpose(-1, -2)
-            Wn = dt * (W_i - kp.transpose(-1, -2) @ co["dgd_z"]) - u_t @ co["dgd_y"]
-            if S is not None:
-                Wn = Wn + co["mom_r"][..., None, None] * S[i] - (
-                    S[i] @ K.transpose(-1, -2)) @ co["dgd_rho_z"]
-        else:
-            Wn = dt * W_i - u_t @ (co["eta_e"][..., None] * x)
-            if S is not None:
-                Wn = Wn + co["mom_r"][..., None, None] * S[i]
+        Wn, Sn = advance_weight(W_i, None if S is None else S[i], u, x, co, kp=kp, K=K)
         new_W.append(Wn)
-        if S is not None:
-            new_S.append(co["mom_total"][..., None, None] * S[i]
-                         - u_t @ (co["eta_b"][..., None] * x))
+        new_S.append(Sn)
     return tuple(new_W), (tuple(new_S) if S is not None else None)
+
+
+def _sub_matmul(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``c - a @ b`` in one fused kernel (``baddbmm``) for ``[..., m, n]``, ``[..., m, k]``,
+    ``[..., k, n]``; leading dims broadcast."""
+    lead = torch.broadcast_shapes(c.shape[:-2], a.shape[:-2], b.shape[:-2])
+
+    def flat(x: Tensor) -> Tensor:
+        return x.expand(*lead, *x.shape[-2:]).reshape(-1, *x.shape[-2:])
+
+    out = torch.baddbmm(flat(c), flat(a), flat(b), alpha=-1)
+    return out.view(*lead, *out.shape[-2:])
+
+
+def advance_weight(W: Tensor, S: Tensor | None, u: Tensor, x: Tensor, co, *,
+                   kp: Tensor | None = None, K: Tensor | None = None):
+    """Advance one weight matrix over one chunk (README eq. 3.4-3.5, and 4.4 when ``kp`` is given).
+
+    ``W``, ``S``: ``[..., O, I]`` before the chunk (``S`` the momentum, or ``None``);
+    ``u``, ``x``: ``[..., L, O]``, ``[..., L, I]``, the chunk's gradient factors at its start weights;
+    ``co``: the chunk's :class:`_Coeffs` (or a dict of its per-chunk fields) with leading dims that
+    broadcast against ``W``'s (so several memories that share keys and rates can share ``co``).
+    For the DGD weight (the one that sees the key) pass ``kp = K W^T [..., L, O]`` and the keys
+    ``K [..., L, I]``. Returns ``(W_L, S_L)``.
+    """
+    get = co.get if isinstance(co, dict) else lambda f: getattr(co, f)
+    dt = get("decay_total")[..., None, None]
+    u_t = u.transpose(-1, -2)  # [..., O, L]
+    if kp is not None:  # eq. 4.4 as one product: [W_0 K^T | U^T | S_0 K^T] @ [dt Z ; Y ; rho Z]
+        lhs = [kp.transpose(-1, -2), u_t]
+        if S is not None:
+            lhs.append(S @ K.transpose(-1, -2))
+        lead = torch.broadcast_shapes(*(t.shape[:-2] for t in lhs))
+        left = torch.cat([t.expand(*lead, *t.shape[-2:]) for t in lhs], dim=-1)  # [..., O, 2-3L]
+        right = get("dgd_rhs")  # [..., 2-3L, I]
+    else:  # eq. 3.4: - U^T diag(eta e) X
+        left, right = u_t, get("eta_e")[..., None] * x
+    base = dt * W if S is None else torch.addcmul(get("mom_r")[..., None, None] * S, dt, W)
+    W_new = _sub_matmul(base, left, right)
+    if S is None:
+        return W_new, None
+    S_new = _sub_matmul(get("mom_total")[..., None, None] * S, u_t, get("eta_b")[..., None] * x)
+    return W_new, S_new  # eq. 3.5
 
 
 def _linear_read(query, W, S, u, x, co: _Coeffs) -> Tensor:
