@@ -151,9 +151,9 @@ class _Coeffs:
     mom_r: Tensor | None = None  # r: weight of S_0 in W_L
     mom_total: Tensor | None = None  # prod_{j<=L} beta_j
     eta_b: Tensor | None = None  # eta_i * prod_{j>i} beta_j: weight of step i in S_L
-    # DGD (README eq. 4.4, fused): W_L = dt W_0 + r S_0 - [W_0 K^T | U^T | S_0 K^T] @ dgd_rhs with
-    # dgd_rhs = [dt Z ; diag(eta) Y ; diag(rho) Z]  ([..., 2L, I] without momentum: no S_0 block)
-    dgd_rhs: Tensor | None = None
+    dgd_z: Tensor | None = None  # Z of the WY form (README eq. 4.2-4.3)
+    dgd_y: Tensor | None = None  # diag(eta) Y: W_L gets - U^T diag(eta) Y (eq. 4.4-4.5)
+    dgd_rho: Tensor | None = None  # rho_j: S_0 enters W_L as r S_0 - S_0 K^T diag(rho) Z
     read_a: Tensor | None = None  # a_t = prod_{j<=t} alpha_j
     read_c: Tensor | None = None  # c_t: weight of S_0 in W_t
     read_d: Tensor | None = None  # D[t, i]: weight of step i in W_t (lower triangular)
@@ -202,11 +202,11 @@ def chunk_coefficients(log_alpha, log_beta, eta, k, *, dgd: bool, per_token: boo
             unitriangular=True,
         )  # (I + diag(gamma) triu(K K^T, 1)) Z = diag(gamma) K
         y = e[..., None] * k - (kk_upper * F_ji.transpose(-1, -2)) @ z
-        blocks = [co.decay_total[..., None, None] * z, eta[..., None] * y]
+        co.dgd_z = z
+        co.dgd_y = eta[..., None] * y
         if bmat is not None:
             w = b0 * a_end
-            blocks.append((w.cumsum(-1) - w)[..., None] * z)  # rho_j = sum_{s<j} B_s alpha_{s,L}
-        co.dgd_rhs = torch.cat(blocks, dim=-2)
+            co.dgd_rho = w.cumsum(-1) - w  # rho_j = sum_{s<j} B_{s,0} alpha_{s,L}
     if per_token:
         co.read_a = la.exp()
         co.read_d = amat if bmat is None else amat @ bmat
@@ -217,7 +217,8 @@ def chunk_coefficients(log_alpha, log_beta, eta, k, *, dgd: bool, per_token: boo
 
 def _unbind_chunks(co: _Coeffs, K: Tensor, V: Tensor):
     """Split the group's tensors into per-chunk views (one unbind per tensor, not per chunk)."""
-    fields = ("decay_total", "eta_e", "mom_r", "mom_total", "eta_b", "dgd_rhs")
+    fields = ("decay_total", "eta_e", "mom_r", "mom_total", "eta_b", "dgd_z", "dgd_y",
+              "dgd_rho")
     cols = {f: getattr(co, f).unbind(2) for f in fields if getattr(co, f) is not None}
     n = K.shape[2]
     return [
@@ -245,18 +246,6 @@ def _advance(memory, rule, W, S, grad: _core.InnerGrad, K, co: dict, *, same_sta
     return tuple(new_W), (tuple(new_S) if S is not None else None)
 
 
-def _sub_matmul(c: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """``c - a @ b`` in one fused kernel (``baddbmm``) for ``[..., m, n]``, ``[..., m, k]``,
-    ``[..., k, n]``; leading dims broadcast."""
-    lead = torch.broadcast_shapes(c.shape[:-2], a.shape[:-2], b.shape[:-2])
-
-    def flat(x: Tensor) -> Tensor:
-        return x.expand(*lead, *x.shape[-2:]).reshape(-1, *x.shape[-2:])
-
-    out = torch.baddbmm(flat(c), flat(a), flat(b), alpha=-1)
-    return out.view(*lead, *out.shape[-2:])
-
-
 def advance_weight(W: Tensor, S: Tensor | None, u: Tensor, x: Tensor, co, *,
                    kp: Tensor | None = None, K: Tensor | None = None):
     """Advance one weight matrix over one chunk (README eq. 3.4-3.5, and 4.4 when ``kp`` is given).
@@ -264,28 +253,43 @@ def advance_weight(W: Tensor, S: Tensor | None, u: Tensor, x: Tensor, co, *,
     ``W``, ``S``: ``[..., O, I]`` before the chunk (``S`` the momentum, or ``None``);
     ``u``, ``x``: ``[..., L, O]``, ``[..., L, I]``, the chunk's gradient factors at its start weights;
     ``co``: the chunk's :class:`_Coeffs` (or a dict of its per-chunk fields) with leading dims that
-    broadcast against ``W``'s (so several memories that share keys and rates can share ``co``).
+    broadcast against ``W``'s (so several memories that share keys and rates share ``co``).
     For the DGD weight (the one that sees the key) pass ``kp = K W^T [..., L, O]`` and the keys
     ``K [..., L, I]``. Returns ``(W_L, S_L)``.
+
+    Each new state is one fresh tensor updated in place (``addcmul_``, ``baddbmm_``): fewer
+    state-sized temporaries than the textbook form, and nothing autograd saves is overwritten.
     """
     get = co.get if isinstance(co, dict) else lambda f: getattr(co, f)
-    dt = get("decay_total")[..., None, None]
-    u_t = u.transpose(-1, -2)  # [..., O, L]
-    if kp is not None:  # eq. 4.4 as one product: [W_0 K^T | U^T | S_0 K^T] @ [dt Z ; Y ; rho Z]
-        lhs = [kp.transpose(-1, -2), u_t]
+    O, I = W.shape[-2:]
+    lead = torch.broadcast_shapes(*(t.shape[:-2] for t in (W, S, u, x, kp) if t is not None))
+
+    def flat(t: Tensor) -> Tensor:  # [..., m, n] -> [N, m, n] (N = prod(lead))
+        return t.expand(*lead, *t.shape[-2:]).reshape(-1, *t.shape[-2:])
+
+    def scalar(name: str) -> Tensor:  # per-chunk scalar [...] -> [N, 1, 1]
+        return flat(get(name)[..., None, None])
+
+    dt = scalar("decay_total")
+    u_t = flat(u).transpose(-1, -2)  # [N, O, L]
+    W_new = dt * flat(W)  # alpha_{0,L} W_0
+    if S is not None:
+        W_new.addcmul_(scalar("mom_r"), flat(S))  # + r S_0
+    if kp is not None:
+        # eq. 4.4: the transfers of W_0 and S_0 share Z: (dt W_0 K^T + S_0 K^T diag(rho)) Z
+        mix = flat(kp).transpose(-1, -2) * dt  # [N, O, L]
         if S is not None:
-            lhs.append(S @ K.transpose(-1, -2))
-        lead = torch.broadcast_shapes(*(t.shape[:-2] for t in lhs))
-        left = torch.cat([t.expand(*lead, *t.shape[-2:]) for t in lhs], dim=-1)  # [..., O, 2-3L]
-        right = get("dgd_rhs")  # [..., 2-3L, I]
+            mix.addcmul_(torch.bmm(flat(S), flat(K).transpose(-1, -2)),
+                         flat(get("dgd_rho")[..., None, :]))
+        W_new.baddbmm_(mix, flat(get("dgd_z")), alpha=-1)
+        W_new.baddbmm_(u_t, flat(get("dgd_y")), alpha=-1)  # - U^T diag(eta) Y
     else:  # eq. 3.4: - U^T diag(eta e) X
-        left, right = u_t, get("eta_e")[..., None] * x
-    base = dt * W if S is None else torch.addcmul(get("mom_r")[..., None, None] * S, dt, W)
-    W_new = _sub_matmul(base, left, right)
+        W_new.baddbmm_(u_t, flat(get("eta_e")[..., None] * x), alpha=-1)
     if S is None:
-        return W_new, None
-    S_new = _sub_matmul(get("mom_total")[..., None, None] * S, u_t, get("eta_b")[..., None] * x)
-    return W_new, S_new  # eq. 3.5
+        return W_new.view(*lead, O, I), None
+    S_new = scalar("mom_total") * flat(S)  # eq. 3.5
+    S_new.baddbmm_(u_t, flat(get("eta_b")[..., None] * x), alpha=-1)
+    return W_new.view(*lead, O, I), S_new.view(*lead, O, I)
 
 
 def _linear_read(query, W, S, u, x, co: _Coeffs) -> Tensor:
