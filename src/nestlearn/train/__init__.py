@@ -1,1 +1,47 @@
-"""nestlearn.train (see the package docstring)."""
+"""nestlearn.train: the training loop, checkpoints, recipes and the level schedule hook.
+
+    from nestlearn.train import get_recipe, apply_overrides, train
+
+    config = apply_overrides(get_recipe("debug_cpu"), ["train.steps=20", "optim.lr=1e-3"])
+    result = train(config)            # resumes from train.out_dir/checkpoints if present
+    result.losses, result.val_losses, result.model_dir
+
+Under ``torchrun --nproc-per-node N`` the same call trains with DDP (``train.parallel=fsdp`` for
+FSDP2). See ``loop.py`` for the step, ``checkpoint.py`` for the checkpoint layout.
+"""
+
+from nestlearn.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from nestlearn.train.config import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+)
+from nestlearn.train.levels import SlowLevel, slow_levels
+from nestlearn.train.loop import EvalResult, TrainResult, build_model, evaluate, train
+from nestlearn.train.recipes import RECIPES, get_recipe
+
+__all__ = [
+    "RECIPES",
+    "DataConfig",
+    "EvalResult",
+    "ModelConfig",
+    "OptimConfig",
+    "SlowLevel",
+    "TrainConfig",
+    "TrainResult",
+    "apply_overrides",
+    "build_model",
+    "config_from_dict",
+    "config_to_dict",
+    "evaluate",
+    "get_recipe",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "slow_levels",
+    "train",
+]
