@@ -80,6 +80,40 @@ def test_gradients_reach_every_initial_memory(name):
         assert g is not None and g.abs().max() > 0, f"no gradient reaches {n}"
 
 
+@pytest.mark.parametrize("impl", ["per_group", "reference"])
+@pytest.mark.parametrize("name", ["smt", "smt-grids-3-4", "smt-gd-adaptive-q"])
+def test_smt_paths_agree_on_states(name, impl):
+    """The fused path's final state (all five memories, momentum, chunk starts, offsets) equals
+    the per-group and token-by-token paths', on and off chunk boundaries."""
+    layer = _layer(name)
+    x = torch.randn(2, 7, D, dtype=DT)
+    _, s_fast = layer(x)
+    _, s_other = layer(x, impl=impl)
+    for group in ("vec", "gate", "main"):
+        a, b = getattr(s_fast, group), getattr(s_other, group)
+        assert a.offset == b.offset, group
+        assert (a.momentum is None) == (b.momentum is None), group
+        for field in ("weights", "momentum", "chunk_start"):
+            for i, (ta, tb) in enumerate(zip(getattr(a, field) or (), getattr(b, field) or ())):
+                _close(ta, tb, f"{group}.{field}[{i}]")
+
+
+def test_smt_second_order_gradients_match_reference():
+    """HOPE's second-order CMS meta-gradient differentiates through the layer's backward: the
+    fused path's double backward equals the reference's."""
+    layer = _layer("smt")
+    x = torch.randn(2, 6, D, dtype=DT, requires_grad=True)
+    params = list(layer.parameters())
+    out = []
+    for impl in ("chunked", "reference"):
+        y, _ = layer(x, impl=impl)
+        (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        out.append(torch.autograd.grad(g.square().sum(), params, allow_unused=True))
+    for (n, p), a, b in zip(layer.named_parameters(), *out):
+        zero = torch.zeros_like(p)
+        _close(zero if a is None else a, zero if b is None else b, f"d2/d{n}")
+
+
 @pytest.mark.parametrize("name", ["smt", "titans-mlp"])
 def test_batch_equals_one_by_one(name):
     layer = _layer(name)
