@@ -3,8 +3,16 @@
     nestlearn main [--out DIR]                     the main job (today: the memory-core demo)
     nestlearn levels [--family F] [--preset P]     print a model's levels (decision D1)
     nestlearn levels --model DIR                   ... of a saved model
+    nestlearn train RECIPE [--family F] [--set section.field=value ...] [--out DIR]
+                                                   train (resumes from DIR's latest checkpoint)
+    nestlearn eval RUN [--split validation]        perplexity and per-position loss (NL Fig. 10)
+    nestlearn generate RUN --prompt TEXT           sample text, printed as it is generated
+    nestlearn bench [NAME ...] [--quick]           run benchmarks/NAME.py (all by default)
 
-Later subcommands (train, eval, generate, bench) arrive with the training issue.
+``RUN`` is a run directory (``train.out_dir``), one of its checkpoints or its ``model/``.
+Under ``torchrun --nproc-per-node N -m nestlearn train ...`` training uses DDP (FSDP2 with
+``--set train.parallel=fsdp``).
+
 User mistakes end with a one-line ``error: ...`` message and exit code 2, never a traceback.
 """
 
@@ -47,6 +55,206 @@ def _cmd_levels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from nestlearn.train import apply_overrides, get_recipe, train
+
+    config = get_recipe(args.recipe, family=args.family)
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"train.out_dir={args.out}")
+    if args.steps:
+        overrides.append(f"train.steps={args.steps}")
+    config = apply_overrides(config, overrides)
+    result = train(config, resume=args.resume, progress=not args.quiet)
+    if result.step == 0:
+        return 0
+    val = f", validation loss {result.val_losses[-1][1]:.4f}" if result.val_losses else ""
+    print(f"run {result.run_dir}: step {result.step}/{config.steps}, loss "
+          f"{result.losses[-1]:.4f}{val}, {result.tokens_per_second:,.0f} tokens/s"
+          + (f" (resumed from step {result.resumed_from})" if result.resumed_from else ""))
+    if result.model_dir is None:
+        print(f"stopped early; run the same command to resume from {result.run_dir}/checkpoints")
+        return 130
+    print(f"model: {result.model_dir}; metrics: {result.run_dir}/metrics.jsonl; plot: "
+          f"{result.run_dir}/loss.png")
+    return 0
+
+
+def _resolve_run(path: Path) -> tuple[Path, Path]:
+    """(run directory, directory holding the weights) of a run, checkpoint or model path."""
+    from nestlearn.train import latest_checkpoint
+
+    if not path.exists():
+        raise FileNotFoundError(f"no such run, checkpoint or model directory: {path}")
+    if (path / "train_config.json").is_file():
+        weights = path / "model"
+        if not (weights / "model.safetensors").is_file():
+            weights = latest_checkpoint(path)
+            if weights is None:
+                raise FileNotFoundError(f"run {path} has no final model and no checkpoint")
+        return path, weights
+    for run in (path.parent, path.parent.parent):
+        if (run / "train_config.json").is_file():
+            return run, path
+    raise FileNotFoundError(f"{path} is not inside a training run (no train_config.json)")
+
+
+def _load_run(path: Path):
+    """(train config, model, tokenizer, weights directory) of a run path."""
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import nestlearn.models  # noqa: F401 - registers the model classes with Auto*
+    from nestlearn.data import load_tokenizer
+    from nestlearn.train import config_from_dict
+    from nestlearn.train.checkpoint import load_weights
+
+    run, weights = _resolve_run(path)
+    try:
+        config = config_from_dict(json.loads((run / "train_config.json").read_text())["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{run / 'train_config.json'} is not a training config ({err})") from None
+    try:
+        model_config = AutoConfig.from_pretrained(weights)
+    except Exception as err:  # noqa: BLE001 - transformers raises OSError/ValueError/JSON errors
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot read the model config in {weights}: {first}") from None
+    model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
+    load_weights(weights, model)
+    tokenizer_file = next((d / "tokenizer.json" for d in (weights, run / "model")
+                           if (d / "tokenizer.json").is_file()), None)
+    if tokenizer_file is None:
+        raise FileNotFoundError(f"no tokenizer.json in {weights} or {run / 'model'}")
+    return config, model.eval(), load_tokenizer(tokenizer_file), weights
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from nestlearn.data import prepare_data
+    from nestlearn.train import evaluate
+
+    config, model, _, weights = _load_run(Path(args.run))
+    seq_len = args.seq_len or config.data.seq_len
+    data = prepare_data(config.data.sources, tokenizer=config.data.tokenizer,
+                        vocab_size=config.data.vocab_size, cache_dir=config.data.cache_dir,
+                        progress=not args.quiet)
+    result = evaluate(model, data[args.split], seq_len=seq_len,
+                      batch_size=args.batch_size or config.data.batch_size,
+                      max_batches=args.max_batches, progress=not args.quiet)
+    out = Path(args.out) if args.out else weights / f"eval_{args.split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"weights": str(weights), "split": args.split, "seq_len": seq_len,
+                               "loss": result.loss, "perplexity": result.perplexity,
+                               "tokens": result.tokens, "per_position": result.per_position},
+                              indent=1) + "\n")
+    curve = result.per_position
+    marks = sorted({p for p in (0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 1023, 2047, len(curve) - 1)
+                    if p < len(curve)})
+    print(f"{args.split}: loss {result.loss:.4f}, perplexity {result.perplexity:.2f} over "
+          f"{result.tokens:,} tokens ({weights})")
+    print("loss by position: " + ", ".join(f"{p + 1}: {curve[p]:.3f}" for p in marks))
+    plot = _plot_context_curve(out.with_suffix(".png"), curve, title=f"{weights} ({args.split})")
+    print(f"wrote {out}" + (f" and {plot}" if plot else ""))
+    return 0
+
+
+def _plot_context_curve(path: Path, curve: list[float], *, title: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(range(1, len(curve) + 1), curve)
+    ax.set_xscale("log")
+    ax.set_xlabel("position in the window (tokens)")
+    ax.set_ylabel("mean next-token loss (nats)")
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+class _PrintStreamer:
+    """A ``generate()`` streamer printing the decoded text as tokens arrive."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.ids, self.shown, self.prompt_seen = tokenizer, [], 0, False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # the first call carries the prompt
+            self.prompt_seen = True
+            return
+        self.ids.extend(int(i) for i in value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):  # a multi-byte character still incomplete
+            return
+        print(text[self.shown:], end="", flush=True)
+        self.shown = len(text)
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.ids)
+        print(text[self.shown:], flush=True)
+        self.shown = len(text)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.max_new_tokens <= 0:
+        raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    _, model, tokenizer, _ = _load_run(Path(args.run))
+    ids = [tokenizer.eot_id, *tokenizer.encode(args.prompt)]
+    torch.manual_seed(args.seed)
+    sample = args.temperature > 0
+    print(args.prompt, end="", flush=True)
+    with torch.no_grad():
+        model.generate(torch.tensor([ids]), max_new_tokens=args.max_new_tokens, do_sample=sample,
+                       temperature=args.temperature if sample else None,
+                       top_k=args.top_k if sample else None,
+                       eos_token_id=tokenizer.eot_id, pad_token_id=tokenizer.eot_id,
+                       streamer=_PrintStreamer(tokenizer))
+    return 0
+
+
+def _benchmarks_dir() -> Path:
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (base / "benchmarks").is_dir():
+            return base / "benchmarks"
+    raise FileNotFoundError("no benchmarks/ directory here or in the nestlearn checkout")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    root = _benchmarks_dir()
+    known = sorted(p.stem for p in root.glob("*.py") if not p.stem.startswith("_"))
+    if args.list:
+        print("\n".join(known))
+        return 0
+    names = args.names or known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown benchmark {unknown[0]!r}; known: {', '.join(known)}")
+    for name in names:
+        cmd = [sys.executable, str(root / f"{name}.py")] + (["--quick"] if args.quick else []) + (
+            ["--out", args.out] if args.out else [])
+        print(f"== {name}: {' '.join(cmd)}", flush=True)
+        code = subprocess.run(cmd, check=False).returncode
+        if code:
+            raise ValueError(f"benchmark {name} failed with exit code {code}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nestlearn", description="Nested Learning in PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +267,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", help="tiny, 340M, 760M, 1.3B (default tiny)")
     p.add_argument("--model", help="a directory written by save_pretrained (overrides --family)")
     p.set_defaults(func=_cmd_levels)
+
+    p = sub.add_parser("train", help="train a model from a recipe (resumes a run directory)")
+    p.add_argument("recipe", help="debug_cpu (seconds), tiny (minutes), tiny_stream")
+    p.add_argument("--family", default="hope", help="transformer, hope, hope_attention, titans, "
+                   "titans_mag (default hope)")
+    p.add_argument("--set", nargs="+", metavar="SECTION.FIELD=VALUE",
+                   help="overrides, e.g. train.steps=20 optim.lr=1e-3 data.seq_len=128")
+    p.add_argument("--out", help="run directory (= train.out_dir)")
+    p.add_argument("--steps", type=int, help="optimizer steps (= train.steps)")
+    p.add_argument("--resume", default="auto", help="auto (latest checkpoint of the run "
+                   "directory, default), never, or a checkpoint directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="validation perplexity and per-position loss of a run")
+    p.add_argument("run", help="run directory, checkpoint or model directory of a run")
+    p.add_argument("--split", default="validation", choices=["train", "validation", "test"])
+    p.add_argument("--seq-len", type=int, help="window length (default: the run's)")
+    p.add_argument("--batch-size", type=int, help="windows per batch (default: the run's)")
+    p.add_argument("--max-batches", type=int, default=0, help="0 = the whole split")
+    p.add_argument("--out", help="JSON file (default: eval_<split>.json beside the weights)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("generate", help="generate text from a prompt (streamed)")
+    p.add_argument("run", help="run directory, checkpoint or model directory of a run")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("bench", help="run the benchmarks in benchmarks/")
+    p.add_argument("names", nargs="*", help="benchmark names (default: all)")
+    p.add_argument("--quick", action="store_true", help="pass --quick (smoke mode)")
+    p.add_argument("--out", help="results directory (passed as --out)")
+    p.add_argument("--list", action="store_true", help="list the benchmarks")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
@@ -70,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

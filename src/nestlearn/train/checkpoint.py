@@ -3,6 +3,7 @@
 Layout of ``<run>/checkpoints/step-00000020/``::
 
     config.json, model.safetensors    save_pretrained output (what from_pretrained loads)
+    tokenizer.json                    the run's tokenizer
     training_state.pt                 optimizer, scheduler, RNG, data position, step, slow-level
                                       gradient sums, carried memory state; torch.load(weights_only)
     meta.json                         {"step": 20, ...}; its presence marks a complete checkpoint
@@ -76,11 +77,13 @@ def save_checkpoint(
     keep: int,
     meta: dict[str, Any] | None = None,
     model_state: dict[str, torch.Tensor] | None = None,
+    tokenizer: Any = None,
 ) -> Path:
     """Write ``<run_dir>/checkpoints/step-<step>/`` atomically; keep the latest ``keep``.
 
     ``model`` is saved with ``save_pretrained`` (``model_state`` replaces its state dict, e.g. a
-    gathered FSDP state); ``state`` (tensors and plain Python values) with ``torch.save``.
+    gathered FSDP state); ``state`` (tensors and plain Python values) with ``torch.save``;
+    ``tokenizer`` (anything with ``save(dir)``) beside them.
     """
     root = Path(run_dir) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -92,6 +95,8 @@ def save_checkpoint(
     with quiet_save():
         model.save_pretrained(tmp, state_dict=model_state)
     torch.save(state, tmp / STATE_FILE)
+    if tokenizer is not None:
+        tokenizer.save(tmp)
     (tmp / META_FILE).write_text(json.dumps({"step": step, **(meta or {})}, indent=1))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:

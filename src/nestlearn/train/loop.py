@@ -503,7 +503,7 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
         if d.main:
             path = save_checkpoint(run_dir, step=at, model=raw, state=state,
                                    keep=config.keep_checkpoints, meta={"git_sha": git_sha()},
-                                   model_state=model_state)
+                                   model_state=model_state, tokenizer=tokenizer)
         d.barrier()
         return path
 
