@@ -8,6 +8,7 @@ subprocess, so the peak RSS is that configuration's own.
     python benchmarks/smt_layer.py                 # T = 512, 2048 at 4096 tokens per step
     python benchmarks/smt_layer.py --quick         # T = 512 only, one timed repeat
     python benchmarks/smt_layer.py --impl per_group  # the SMT layer's per-group path as well
+    python benchmarks/smt_layer.py --malloc-tuned  # glibc keeps freed memory (see below)
 
 Layers (all d_model 256, 4 heads, chunk 16):
 
@@ -18,6 +19,11 @@ Layers (all d_model 256, 4 heads, chunk 16):
 * ``tfpp-1`` / ``tfpp-4``: one / four Transformer++ blocks (RMSNorm, causal SDPA attention with
   RoPE, SwiGLU MLP), four being the ``tiny`` preset's depth.
 
+``--malloc-tuned`` runs the subprocesses with ``MALLOC_MMAP_THRESHOLD_`` and
+``MALLOC_TRIM_THRESHOLD_`` set large, so glibc keeps freed blocks instead of returning them to the
+operating system after every backward pass; on CPU the first touch of fresh pages is a large part
+of a recurrent layer's step (``nestlearn/memory/README.md``, section 8).
+
 Prints a table and writes ``smt_layer.json`` and ``smt_layer.png`` to ``--out``. Timings on a
 shared machine are noisy: compare ratios from one run (the default takes the median of
 ``--repeats`` steps after a warm-up step).
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -129,6 +136,8 @@ def main() -> None:
                     help="also time the SMT layer's per-group path")
     ap.add_argument("--layers", nargs="+", default=None)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--malloc-tuned", action="store_true",
+                    help="run with glibc's mmap/trim thresholds raised (keeps freed memory)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--one", nargs=3, metavar=("LAYER", "B", "T"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -148,7 +157,11 @@ def main() -> None:
                    "--repeats", str(args.repeats)]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            env = dict(os.environ)
+            if args.malloc_tuned:
+                env.update(MALLOC_MMAP_THRESHOLD_=str(2**32), MALLOC_TRIM_THRESHOLD_=str(2**36))
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                 env=env).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"{name:>14} T={T:5d} B={B:3d}  fwd {r['fwd_s']:.3f}s  bwd {r['bwd_s']:.3f}s  "
@@ -167,10 +180,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": args.threads or torch.get_num_threads(),
             "machine": platform.machine(), "processor": platform.processor(),
-            "tokens_per_step": args.tokens, "repeats": args.repeats}
-    (args.out / "smt_layer.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    _plot(rows, args.out / "smt_layer.png")
-    print(f"\nwrote {args.out / 'smt_layer.json'} and {args.out / 'smt_layer.png'}")
+            "tokens_per_step": args.tokens, "repeats": args.repeats,
+            "malloc_tuned": args.malloc_tuned}
+    stem = "smt_layer" + ("_malloc_tuned" if args.malloc_tuned else "")
+    (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    _plot(rows, args.out / f"{stem}.png")
+    print(f"\nwrote {args.out / (stem + '.json')} and {args.out / (stem + '.png')}")
 
 
 def _plot(rows: list[dict], path: Path) -> None:

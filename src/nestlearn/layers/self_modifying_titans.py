@@ -22,6 +22,13 @@ Project decisions written down here:
   states at the end of the previous chunk, so the layer walks over chunks (the only sequential
   part); inside a chunk the memory core is chunk-parallel. Two chunk sizes: ``proj_chunk_size``
   for the projection memories, ``chunk_size`` for the main memory.
+* Implementation. All five memories are written with the same keys and rates, so the default
+  path (``_fused_segment``) advances them together: one set of chunk coefficients per segment,
+  the input-side weights of all memories stacked into one ``[M*h, d]`` matrix per head, the
+  output-side weights on a memory axis (``nestlearn/memory/README.md`` section 7). The targets
+  and the inner gradients share one product with the chunk-start weights. ``impl="per_group"``
+  (one ``memory_chunked`` call per group of memories) and ``impl="reference"`` (token by token)
+  give the same results and are kept for tests and benchmarks.
 * Input scale. The projection memories read each head's slice of x l2-normalised: their writes
   use the unit-norm keys (Eq. 57 assumes ||k|| = 1), and reads at a different scale (an RMS-normed
   slice has norm sqrt(d)) feed the self-generated targets back at a growing scale, which diverges.
@@ -225,7 +232,7 @@ class SelfModifyingTitans(nn.Module):
         """
         if impl not in ("chunked", "per_group", "reference"):
             raise ValueError(f"impl must be 'chunked', 'per_group' or 'reference', got {impl!r}")
-        B, T, D = x.shape
+        B, T, _ = x.shape
         H, d = self.num_heads, self.head_dim
         st = self.initial_state() if state is None else state
         keep = None
@@ -332,13 +339,10 @@ class SelfModifyingTitans(nn.Module):
         start = 0
         while start < T:
             L = self._segment_length(T - start, stack.proj_offset, stack.main_offset, "chunked")
-            seg = slice(start, start + L)
-
-            def cut(t: Tensor | None) -> Tensor | None:
-                return None if t is None else t[:, :, seg]
-
-            o, stack, conv = self._fused_segment(
-                stack, conv, cut(x_i), cut(q_i), cut(beta_i), cut(keep_i))
+            x_s, q_s, beta_s, keep_s = (
+                None if t is None else t[:, :, start:start + L] for t in (x_i, q_i, beta_i, keep_i)
+            )
+            o, stack, conv = self._fused_segment(stack, conv, x_s, q_s, beta_s, keep_s)
             outs.append(o)
             start += L
         o = torch.cat(outs, dim=2) if outs else x_i.new_zeros(B, H, 0, d)  # [B, H, T, d]
