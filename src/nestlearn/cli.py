@@ -66,13 +66,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.steps={args.steps}")
     config = apply_overrides(config, overrides)
     result = train(config, resume=args.resume, progress=not args.quiet)
-    if result.step == 0:
-        return 0
+    if result.rank != 0:
+        return 130 if result.interrupted else 0
     val = f", validation loss {result.val_losses[-1][1]:.4f}" if result.val_losses else ""
     print(f"run {result.run_dir}: step {result.step}/{config.steps}, loss "
           f"{result.losses[-1]:.4f}{val}, {result.tokens_per_second:,.0f} tokens/s"
           + (f" (resumed from step {result.resumed_from})" if result.resumed_from else ""))
-    if result.model_dir is None:
+    if result.interrupted:
         print(f"stopped early; run the same command to resume from {result.run_dir}/checkpoints")
         return 130
     print(f"model: {result.model_dir}; metrics: {result.run_dir}/metrics.jsonl; plot: "

@@ -70,6 +70,10 @@ class TrainResult:
     """The final ``save_pretrained`` directory (None when interrupted)."""
     resumed_from: int = 0
     """Step of the checkpoint this run resumed from (0: fresh start)."""
+    interrupted: bool = False
+    """Stopped before ``train.steps`` (signal or ``interrupt_after``)."""
+    rank: int = 0
+    """This process's rank (0 without ``torchrun``)."""
 
 
 @dataclass
@@ -152,16 +156,22 @@ def _prepare_data(config: TrainConfig, d: _Dist, *, progress: bool):
     return data if d.main else run(False)
 
 
+def _check_model_overrides(config: TrainConfig) -> None:
+    from nestlearn.models.presets import preset_config
+
+    default = preset_config(config.model.family, config.model.size)
+    unknown = [k for k in config.model.overrides if not hasattr(default, k)]
+    if unknown:
+        raise ValueError(f"model override {unknown[0]!r} is not a field of "
+                         f"{type(default).__name__}")
+
+
 def build_model(config: TrainConfig, *, vocab_size: int) -> nn.Module:
     """The model of ``config.model`` with ``vocab_size`` tokens, initialised from ``train.seed``."""
     from nestlearn.models.presets import preset_config, preset_model_class
 
+    _check_model_overrides(config)
     overrides = dict(config.model.overrides)
-    default = preset_config(config.model.family, config.model.size)
-    unknown = [k for k in overrides if not hasattr(default, k)]
-    if unknown:
-        raise ValueError(f"model override {unknown[0]!r} is not a field of "
-                         f"{type(default).__name__}")
     overrides.setdefault("vocab_size", vocab_size)
     if overrides["vocab_size"] < vocab_size:
         raise ValueError(f"model.vocab_size={overrides['vocab_size']} is smaller than the "
@@ -410,6 +420,7 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
     if global_rows % (d.world * config.grad_accum):
         raise ValueError(f"data.batch_size ({global_rows}) must be a multiple of processes x "
                          f"train.grad_accum ({d.world} x {config.grad_accum})")
+    _check_model_overrides(config)  # before the (slow) data preparation
     data = _prepare_data(config, d, progress=progress)
     tokenizer = data.tokenizer
     model = build_model(config, vocab_size=tokenizer.vocab_size).to(d.device)
@@ -509,7 +520,8 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
 
     def run_eval(at: int) -> float:
         result = evaluate(forward_model if d.mode == "fsdp" else raw, data.validation,
-                          seq_len=config.data.seq_len, batch_size=micro,
+                          seq_len=config.data.seq_len,
+                          batch_size=config.data.batch_size // config.grad_accum,
                           max_batches=config.eval_batches, device=d.device, autocast=autocast)
         val_losses.append((at, result.loss))
         write({"step": at, "val_loss": result.loss, "val_ppl": result.perplexity})
@@ -610,7 +622,8 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
     if writer is not None:
         writer.close()
     return TrainResult(run_dir=run_dir, step=step, losses=losses, val_losses=val_losses,
-                       tokens_per_second=tps, model_dir=model_dir, resumed_from=resumed_from)
+                       tokens_per_second=tps, model_dir=model_dir, resumed_from=resumed_from,
+                       interrupted=interrupted, rank=d.rank)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,77 @@
+"""`nestlearn train / eval / generate / bench`: results, and one-line errors for user mistakes."""
+
+import json
+
+import pytest
+
+from nestlearn import cli
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    pytest.param(["train", "gigantic"], "unknown recipe 'gigantic'", id="unknown-recipe"),
+    pytest.param(["train", "debug_cpu", "--family", "gpt"], "model.family", id="unknown-family"),
+    pytest.param(["train", "debug_cpu", "--set", "train.steps=many"], "train.steps",
+                 id="bad-override"),
+    pytest.param(["train", "debug_cpu", "--set", "model.hidden_sise=8"], "hidden_sise",
+                 id="unknown-model-field"),
+    pytest.param(["train", "debug_cpu", "--set", "data.sources=/no/such/corpus"],
+                 "/no/such/corpus", id="missing-corpus"),
+    pytest.param(["train", "debug_cpu", "--set", "data.sources=no_such_source"],
+                 "no_such_source", id="unknown-source"),
+    pytest.param(["eval", "/no/such/run"], "/no/such/run", id="missing-run"),
+    pytest.param(["generate", "/no/such/run"], "/no/such/run", id="generate-missing-run"),
+    pytest.param(["bench", "nope"], "unknown benchmark 'nope'", id="unknown-benchmark"),
+])
+def test_user_mistakes_are_one_line_errors(argv, message, capsys, tmp_path):
+    if argv[0] == "train":
+        argv = [*argv, "--out", str(tmp_path / "run"), "--quiet"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert message in err
+
+
+def test_train_writes_the_run_directory(tmp_path, debug_overrides, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "debug_cpu", "--family", "transformer", "--quiet", "--out", str(out),
+            "--steps", "3", "--set", *debug_overrides, "train.checkpoint_every=2"]
+    assert cli.main(argv) == 0
+    assert "step 3/3" in capsys.readouterr().out
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["config"]["train"]["steps"] == 3 and saved["config"]["model"]["family"] == \
+        "transformer"
+    assert "git_sha" in saved
+    assert (out / "loss.png").stat().st_size > 1000
+    assert (out / "model" / "model.safetensors").is_file()
+    assert (out / "model" / "tokenizer.json").is_file()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert any("val_loss" in r for r in records)
+
+    from transformers import AutoModelForCausalLM
+
+    import nestlearn.models  # noqa: F401
+
+    assert AutoModelForCausalLM.from_pretrained(out / "model").config.model_type.endswith("transformer")
+
+
+def test_eval_reports_the_per_position_curve(trained_run, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert cli.main(["eval", str(trained_run), "--quiet", "--out", str(out)]) == 0
+    assert "perplexity" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert len(result["per_position"]) == 64 == result["seq_len"]
+    assert result["perplexity"] > 1
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_generate_streams_text(trained_run, capsys):
+    argv = ["generate", str(trained_run), "--prompt", "The memory", "--max-new-tokens", "20"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("The memory") and len(out) > len("The memory")
+
+
+def test_bench_lists_the_benchmarks(capsys):
+    assert cli.main(["bench", "--list"]) == 0
+    assert "models" in capsys.readouterr().out.split()
