@@ -14,9 +14,13 @@ Two kinds of task, both CPU-only and with no download at run time:
   budget. Metric: final validation loss (mean and std over seeds at the best lr), validation
   accuracy, and wall time per training step relative to AdamW.
 
-A new training task (e.g. the Transformer++ language model) is one more function with the
-signature of :func:`task_digits`, ``(make_optimizer, lr, seed, steps) -> RunResult``, added to
-``TRAIN_TASKS`` with its step budgets; the sweep, table, JSON and plot pick it up.
+* ``lm``: a small Transformer++ language model (``nestlearn.models``) on the bundled corpus
+  (``nestlearn.data``: Shakespeare + the Wikipedia sample, BPE 2048), same protocol; metric: final
+  validation loss (nats per token).
+
+A new training task is one more function with the signature of :func:`task_digits`,
+``(make_optimizer, lr, seed, steps) -> RunResult``, added to ``TRAIN_TASKS`` with its step
+budgets; the sweep, table, JSON and plot pick it up.
 
 Outputs: a table on stdout, ``<out>/optimizers.json`` and ``<out>/optimizers.png``.
 """
@@ -247,10 +251,74 @@ def task_digits(make_optimizer: MakeOptimizer, lr: float, seed: int, steps: int)
     return RunResult(v, curve, curve_steps, train_time / steps, {"val_acc": acc})
 
 
+# --------------------------------------------------------------------------------------------
+# Transformer++ language model on the bundled corpus (Shakespeare + Wikipedia sample).
+
+_LM: dict = {}
+LM = {"vocab": 2048, "seq_len": 128, "batch": 8, "val_windows": 32}
+
+
+def _lm_data():
+    if not _LM:
+        from nestlearn.data import RandomWindows, eval_windows, prepare_data
+
+        data = prepare_data(tokenizer="bpe", vocab_size=LM["vocab"], progress=False)
+        val = list(eval_windows(data.validation, seq_len=LM["seq_len"], batch_size=8))
+        n = LM["val_windows"] // 8
+        _LM.update(train=data.train, val=val[:n], windows=RandomWindows)
+    return _LM
+
+
+def task_lm(make_optimizer: MakeOptimizer, lr: float, seed: int, steps: int) -> RunResult:
+    """Transformer++ (2 blocks, width 128, 4 heads, BPE vocabulary 2048; about 1M parameters),
+    batch 8 x 128 tokens of the default corpus; validation loss on 32 fixed windows of the
+    validation split, every 25 steps. Hidden = the blocks' weight matrices; other = embeddings,
+    LM head and norm gains."""
+    from nestlearn.models.transformer import TransformerConfig, TransformerForCausalLM
+
+    d = _lm_data()
+    torch.manual_seed(seed)
+    model = TransformerForCausalLM(TransformerConfig(
+        vocab_size=LM["vocab"], hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=384))
+    hidden = [p for n, p in model.named_parameters() if ".layers." in n and p.ndim == 2]
+    other = [p for p in model.parameters() if all(p is not h for h in hidden)]
+    opt = make_optimizer([{"params": hidden, "role": "hidden"}, {"params": other, "role": "other"}],
+                         lr)
+    sampler = d["windows"](d["train"], seq_len=LM["seq_len"], batch_size=LM["batch"],
+                           seed=1000 + seed)
+    curve, curve_steps = [], []
+
+    def evaluate() -> float:
+        with torch.no_grad():
+            losses = [torch.nn.functional.cross_entropy(
+                model(b.inputs).logits.flatten(0, 1), b.targets.flatten()).item()
+                for b in d["val"]]
+        return statistics.fmean(losses)
+
+    train_time = 0.0
+    for i, batch in zip(range(steps), sampler):
+        t0 = time.perf_counter()
+        logits = model(batch.inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.targets.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        train_time += time.perf_counter() - t0
+        if (i + 1) % 25 == 0 or i + 1 == steps:
+            curve.append(evaluate())
+            curve_steps.append(i + 1)
+    v = curve[-1] if math.isfinite(curve[-1]) else float("inf")
+    return RunResult(v, curve, curve_steps, train_time / steps, {})
+
+
 # name -> (task function, steps in full mode, steps in quick mode)
 TRAIN_TASKS: dict[str, tuple[Callable, int, int]] = {
     "digits": (task_digits, 200, 100),
+    "lm": (task_lm, 100, 40),
 }
+# The language model costs ~10x a digits run: its full sweep uses the middle 3 of the 5 lrs.
+LR_POINTS = {"lm": slice(1, 4)}
 
 
 def run_train_task(name: str, steps: int, seeds: list[int], lr_pick: Callable, bar: tqdm) -> dict:
@@ -258,7 +326,7 @@ def run_train_task(name: str, steps: int, seeds: list[int], lr_pick: Callable, b
     out = {}
     for opt_name, (factory, grid) in OPTIMIZERS.items():
         per_lr = {}
-        for lr in lr_pick(grid):
+        for lr in lr_pick(grid)[LR_POINTS.get(name, slice(None))]:
             runs = []
             for seed in seeds:
                 runs.append(fn(factory, lr, seed, steps))
@@ -308,8 +376,9 @@ def _table(toy: dict, train: dict) -> str:
                   f"|{'-' * 17}|{'-' * 10}|{'-' * 19}|{'-' * 9}|{'-' * 9}|{'-' * 20}|"]
         for name, v in res.items():
             loss = f"{v['val_loss_mean']:.4f} +- {v['val_loss_std']:.4f}"
+            acc = "-" if math.isnan(v["val_acc_mean"]) else f"{v['val_acc_mean']:.3f}"
             lines.append(f"| {name:<15} | {v['best_lr']:>8.2g} | {loss:>17} "
-                         f"| {v['val_loss_min_mean']:>7.4f} | {v['val_acc_mean']:>7.3f} "
+                         f"| {v['val_loss_min_mean']:>7.4f} | {acc:>7} "
                          f"| {v['time_vs_adamw']:>18.2f} |")
     return "\n".join(lines)
 
@@ -350,7 +419,9 @@ def main() -> None:
     lr_pick = (lambda grid: grid[2:3]) if args.quick else (lambda grid: grid)
     toy_steps = 3000
     n_lr = 1 if args.quick else 5
-    total = len(TOY_OPTIMIZERS) * len(TOY_LRS) + len(TRAIN_TASKS) * len(OPTIMIZERS) * n_lr * len(seeds)
+    total = len(TOY_OPTIMIZERS) * len(TOY_LRS) + sum(
+        len(OPTIMIZERS) * len(range(n_lr)[LR_POINTS.get(name, slice(None))]) * len(seeds)
+        for name in TRAIN_TASKS)
     t0 = time.time()
     with tqdm(total=total, desc="runs") as bar:
         toy = run_toy(toy_steps, bar)
