@@ -17,10 +17,12 @@ from nestlearn.train import (
 def test_overrides_apply_and_round_trip_through_json():
     config = apply_overrides(get_recipe("debug_cpu"), [
         "train.steps=7", "optim.lr=1e-3", "optim.betas=(0.9, 0.99)", "data.sources=shakespeare",
-        "model.hidden_size=48", "optim.kwargs.foreach=False", "data.mode=stream"])
+        "model.hidden_size=48", "optim.kwargs.foreach=False", "data.mode=stream",
+        "train.parallel=none", "data.cache_dir=None"])
     assert config.steps == 7 and config.optim.lr == 1e-3 and config.optim.betas == (0.9, 0.99)
     assert config.data.sources == ["shakespeare"] and config.data.mode == "stream"
     assert config.model.overrides["hidden_size"] == 48
+    assert config.parallel == "none" and config.data.cache_dir is None
     assert config.optim.kwargs == {"foreach": False}
     assert config_from_dict(json.loads(json.dumps(config_to_dict(config)))) == config
 

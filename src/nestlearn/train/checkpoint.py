@@ -27,8 +27,8 @@ from torch import nn
 
 __all__ = [
     "CHECKPOINT_DIR",
-    "list_checkpoints",
     "latest_checkpoint",
+    "list_checkpoints",
     "load_checkpoint",
     "save_checkpoint",
 ]

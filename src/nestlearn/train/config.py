@@ -71,7 +71,7 @@ class ModelConfig:
         _choice("model", "family", self.family, FAMILIES)
         _choice("model", "size", self.size, SIZES)
         if not isinstance(self.overrides, dict):
-            raise ValueError(f"model.overrides must be a dict, got {self.overrides!r}")
+            raise ValueError(f"model.overrides must be a dict, got {self.overrides!r}")  # noqa: TRY004 - user input (house rule)
 
 
 @dataclass
@@ -150,7 +150,7 @@ class OptimConfig:
         _real("optim", "min_lr_ratio", self.min_lr_ratio, high=1.0)
         _real("optim", "grad_clip", self.grad_clip)
         if not isinstance(self.kwargs, dict):
-            raise ValueError(f"optim.kwargs must be a dict, got {self.kwargs!r}")
+            raise ValueError(f"optim.kwargs must be a dict, got {self.kwargs!r}")  # noqa: TRY004 - user input (house rule)
 
 
 @dataclass
@@ -190,7 +190,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, cls in (("model", ModelConfig), ("data", DataConfig), ("optim", OptimConfig)):
             if not isinstance(getattr(self, name), cls):
-                raise ValueError(f"train.{name} must be a {cls.__name__}")
+                raise ValueError(f"train.{name} must be a {cls.__name__}")  # noqa: TRY004 - user input (house rule)
         _positive("train", "steps", self.steps)
         _positive("train", "grad_accum", self.grad_accum)
         _positive("train", "seed", self.seed, zero=True)
@@ -229,7 +229,7 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     """Inverse of :func:`config_to_dict`; unknown keys are a ``ValueError``."""
     if not isinstance(d, dict):
-        raise ValueError("a training config must be a JSON object")
+        raise ValueError("a training config must be a JSON object")  # noqa: TRY004 - user input (house rule)
     unknown = set(d) - {"train", *_SECTIONS}
     if unknown:
         raise ValueError(f"unknown config sections {sorted(unknown)}")
@@ -263,6 +263,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against a field annotation (``int`` accepted for ``float``)."""
     origin = typing.get_origin(annotation)
     if origin is Literal:
+        if value is None and "none" in typing.get_args(annotation):
+            return "none"  # `train.parallel=none` parses as None
         return value  # checked by __post_init__, which names the choices
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(annotation)

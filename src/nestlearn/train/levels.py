@@ -32,7 +32,7 @@ def slow_levels(model: nn.Module, *, tokens_per_step: int) -> list[SlowLevel]:
     if not periods:
         return []
     inner = getattr(config, "cms_inner_lrs", None) or [0.0] * len(periods)
-    names = dict((id(p), n) for n, p in model.named_parameters())
+    names = {id(p): n for n, p in model.named_parameters()}
     out = []
     for level, (period, lr) in enumerate(zip(periods, inner, strict=True)):
         if period <= 0 or lr > 0:

@@ -93,7 +93,8 @@ def git_sha() -> str | None:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                               capture_output=True, text=True, timeout=10,
+                               check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("+dirty" if dirty else "")
@@ -108,7 +109,7 @@ class _Dist:
     rank: int = 0
     world: int = 1
     mode: str = "none"  # none | ddp | fsdp
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def main(self) -> bool:
@@ -331,7 +332,7 @@ class _StopRequest:
         self.requested = False
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> _StopRequest:
+    def __enter__(self) -> _StopRequest:  # noqa: PYI034
         import threading
 
         if threading.current_thread() is threading.main_thread():
@@ -484,7 +485,7 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
              {lv.name: lv.every for lv in slow}}, indent=1) + "\n")
         _truncate_metrics(run_dir / METRICS, step)
     writer = _tensorboard(run_dir) if d.main else None
-    log = open(run_dir / METRICS, "a") if d.main else None
+    log = open(run_dir / METRICS, "a") if d.main else None  # noqa: SIM115 - closed at the end
 
     def write(record: dict[str, Any]) -> None:
         if log is not None:

@@ -19,13 +19,13 @@ __all__ = ["RECIPES", "get_recipe"]
 
 
 def debug_cpu(*, family: str = "hope") -> TrainConfig:
-    small = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
     if family.startswith("hope"):
         levels = 2 if family == "hope" else 3
         # the slow level(s) update every 1024 tokens = 4 steps of 4 x 64 tokens
-        small |= dict(cms_hidden_sizes=[64] * levels, cms_periods=[0] + [1024] * (levels - 1))
+        small |= {"cms_hidden_sizes": [64] * levels, "cms_periods": [0] + [1024] * (levels - 1)}
     else:
-        small |= dict(intermediate_size=64)
+        small |= {"intermediate_size": 64}
     return TrainConfig(
         model=ModelConfig(family=family, size="tiny", overrides=small),
         data=DataConfig(tokenizer="byte", seq_len=64, batch_size=4),
