@@ -25,8 +25,9 @@ operating system after every backward pass; on CPU the first touch of fresh page
 of a recurrent layer's step (``nestlearn/memory/README.md``, section 8).
 
 Prints a table and writes ``smt_layer.json`` and ``smt_layer.png`` to ``--out``. Timings on a
-shared machine are noisy: compare ratios from one run (the default takes the median of
-``--repeats`` steps after a warm-up step).
+shared machine are noisy: compare ratios from one run. Each number is the minimum over
+``--repeats`` steps after a warm-up step, as wall time and as process CPU time (``cpu s``, all
+threads; less sensitive to other processes' load).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -102,25 +102,26 @@ def run_one(name: str, B: int, T: int, repeats: int, threads: int | None) -> dic
     layer, kw = build(name)
     x = torch.randn(B, T, D_MODEL, requires_grad=True)
 
-    def step() -> tuple[float, float]:
-        t0 = time.perf_counter()
+    def step() -> tuple[float, float, float, float]:
+        t0, c0 = time.perf_counter(), time.process_time()
         y, _ = layer(x, **kw)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         y.square().mean().backward()
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         layer.zero_grad(set_to_none=True)
         x.grad = None
-        return t1 - t0, t2 - t1
+        return t1 - t0, t2 - t1, c1 - c0, c2 - c1
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step()  # warm-up (and the peak-memory step)
     times = [step() for _ in range(repeats)]
-    fwd = statistics.median(t[0] for t in times)
-    bwd = statistics.median(t[1] for t in times)
+    # the minimum over repeats: on a shared machine other processes only ever add time
+    fwd, bwd, fwd_cpu, bwd_cpu = (min(t[i] for t in times) for i in range(4))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {
         "layer": name, "B": B, "T": T, "params": sum(p.numel() for p in layer.parameters()),
         "fwd_s": fwd, "bwd_s": bwd, "step_s": fwd + bwd,
+        "fwd_cpu_s": fwd_cpu, "bwd_cpu_s": bwd_cpu, "step_cpu_s": fwd_cpu + bwd_cpu,
         "tokens_per_s": B * T / (fwd + bwd),
         "peak_rss_mib": peak / 1024, "step_rss_mib": (peak - rss_before) / 1024,
     }
@@ -171,12 +172,13 @@ def main() -> None:
         base = ref.get("tfpp-1")
         print(f"\nT = {T} (B = {max(1, args.tokens // T)}, {args.tokens} tokens per step)")
         print(f"{'layer':>14} {'params':>9} {'fwd s':>7} {'bwd s':>7} {'step s':>7} "
-              f"{'tok/s':>8} {'vs tfpp-1':>9} {'peak MiB':>9}")
+              f"{'cpu s':>7} {'tok/s':>8} {'vs tfpp-1':>9} {'cpu vs':>7} {'peak MiB':>9}")
         for r in (r for r in rows if r["T"] == T):
             rel = "" if base is None else f"{base['step_s'] / r['step_s']:.2f}x"
+            rel_cpu = "" if base is None else f"{base['step_cpu_s'] / r['step_cpu_s']:.2f}x"
             print(f"{r['layer']:>14} {r['params']:>9} {r['fwd_s']:>7.3f} {r['bwd_s']:>7.3f} "
-                  f"{r['step_s']:>7.3f} {r['tokens_per_s']:>8.0f} {rel:>9} "
-                  f"{r['peak_rss_mib']:>9.0f}")
+                  f"{r['step_s']:>7.3f} {r['step_cpu_s']:>7.3f} {r['tokens_per_s']:>8.0f} "
+                  f"{rel:>9} {rel_cpu:>7} {r['peak_rss_mib']:>9.0f}")
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "threads": args.threads or torch.get_num_threads(),
             "machine": platform.machine(), "processor": platform.processor(),

@@ -304,15 +304,20 @@ class SelfModifyingTitans(nn.Module):
         o = torch.cat(outs, dim=1) if outs else xh.new_zeros(B, 0, H, d)  # [B, T, H, d]
         return o, SMTState(vec=vec, gate=gate, main=main, conv=(conv_q, conv_k, conv_v))
 
-    def _rates(self, eta_logit: Tensor, alpha_logit: Tensor, keep: Tensor | None):
+    def _rates(self, eta_logit: Tensor, alpha_logit: Tensor | None, keep: Tensor | None, *,
+               time_last: bool = False):
         """``eta = eta_max sigmoid(. + b_eta)``, ``alpha = sigmoid(. + b_alpha)`` from the gate
-        memories' reads ``[B, L, H]``; padded positions (``keep`` False) write nothing."""
-        eta = self.eta_max * torch.sigmoid(eta_logit + self.eta_bias)
+        memories' reads ``[B, L, H]`` (``[B, H, L]`` with ``time_last``); padded positions
+        (``keep`` False, broadcastable) write nothing."""
+
+        def bias(b: Tensor) -> Tensor:  # [H] against the head axis
+            return b[:, None] if time_last else b
+
+        eta = self.eta_max * torch.sigmoid(eta_logit + bias(self.eta_bias))
+        alpha = None
         if self.retention == "learned":
             # bounded away from 0: the memory core takes retention products in log space
-            alpha = torch.sigmoid(alpha_logit + self.alpha_bias).clamp_min(1e-4)
-        else:
-            alpha = None
+            alpha = torch.sigmoid(alpha_logit + bias(self.alpha_bias)).clamp_min(1e-4)
         if keep is not None:
             eta = eta * keep
             alpha = None if alpha is None else torch.where(keep, alpha, torch.ones_like(alpha))
@@ -388,7 +393,7 @@ class SelfModifyingTitans(nn.Module):
             q_lin, conv_q = self.conv_q(public(vx[:, :, 2]), state=conv_q)
             q = F.normalize(internal(q_lin), dim=-1)
         alpha_logit = gx[:, :, 1] if G > 1 else None
-        eta, alpha = self._rates_internal(gx[:, :, 0], alpha_logit, keep)  # [B, H, L]
+        eta, alpha = self._rates(gx[:, :, 0], alpha_logit, keep, time_last=True)  # [B, H, L]
 
         # 2. targets v_hat = M(v) (Eq. 84) and the inner gradients at the keys, both at the
         #    chunk-start weights: one product for k and v (README section 1)
@@ -430,18 +435,6 @@ class SelfModifyingTitans(nn.Module):
             main_chunk=self.chunk_size, detach=self.write_grad == "detach", h=h,
         )
         return o, new, (conv_q, conv_k, conv_v)
-
-    def _rates_internal(self, eta_logit: Tensor, alpha_logit: Tensor | None,
-                        keep: Tensor | None):
-        """:meth:`_rates` in the internal layout ``[B, H, L]`` (``keep``: ``[B, 1, L]``)."""
-        eta = self.eta_max * torch.sigmoid(eta_logit + self.eta_bias[:, None])
-        alpha = None
-        if alpha_logit is not None:
-            alpha = torch.sigmoid(alpha_logit + self.alpha_bias[:, None]).clamp_min(1e-4)
-        if keep is not None:
-            eta = eta * keep
-            alpha = None if alpha is None else torch.where(keep, alpha, torch.ones_like(alpha))
-        return eta, alpha
 
     def _segment_length(self, remaining: int, proj_offset: int, main_offset: int, impl) -> int:
         """Tokens until the next chunk boundary of either memory grid (the targets and
