@@ -2,10 +2,13 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
+import pytest
 from conftest import debug_config
 
 from nestlearn.train import train
@@ -22,13 +25,19 @@ def _losses(run) -> list[float]:
     return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
 
 
-def test_ddp_two_processes_equal_one(tmp_path, debug_overrides):
+@pytest.mark.parametrize(("parallel", "family"), [
+    pytest.param("ddp", "hope", id="ddp-hope"),
+    pytest.param("fsdp", "transformer", id="fsdp-transformer", marks=pytest.mark.slow),
+])
+def test_two_processes_equal_one(tmp_path, debug_overrides, parallel, family):
     extra = ["train.steps=5", "train.precision=fp64", "train.checkpoint_every=0"]
-    single = train(debug_config(debug_overrides, tmp_path / "single", *extra), progress=False)
+    single = train(debug_config(debug_overrides, tmp_path / "single", *extra, family=family),
+                   progress=False)
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "nestlearn", "train", "debug_cpu", "--quiet", "--out",
-           str(tmp_path / "ddp"), "--set", *debug_overrides, *extra]
+    cmd = [sys.executable, "-m", "nestlearn", "train", "debug_cpu", "--family", family,
+           "--quiet", "--out", str(tmp_path / "ddp"), "--set", *debug_overrides, *extra,
+           f"train.parallel={parallel}"]
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
@@ -43,4 +52,23 @@ def test_ddp_two_processes_equal_one(tmp_path, debug_overrides):
     for a, b in zip(ddp, single.losses, strict=True):
         assert abs(a - b) <= 1e-12 * abs(b), (ddp, single.losses)
     config = json.loads((tmp_path / "ddp" / "train_config.json").read_text())
-    assert config["world_size"] == 2 and config["parallel"] == "ddp"
+    assert config["world_size"] == 2 and config["parallel"] == parallel
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_resumes(tmp_path, debug_overrides):
+    """A terminated run finishes its step, checkpoints it and exits; rerunning completes it."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "nestlearn", "train", "debug_cpu", "--quiet", "--out", str(out),
+           "--steps", "400", "--set", *debug_overrides, "train.checkpoint_every=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") > 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output
+    done = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    checkpoint = out / "checkpoints" / f"step-{max(done):08d}"
+    assert (checkpoint / "meta.json").is_file()  # nothing lost: the last finished step is saved

@@ -640,24 +640,18 @@ def _like(saved: Tensor, param: Tensor) -> Tensor:
 
 
 def _model_state(raw: nn.Module, d: _Dist) -> dict[str, Tensor] | None:
+    """The full (unsharded) state dict under FSDP2 (a collective: every rank calls it)."""
     if d.mode != "fsdp":
         return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(raw, options=StateDictOptions(full_state_dict=True,
-                                                              cpu_offload=True))
+    return {n: _full(t).detach().cpu() for n, t in raw.state_dict().items()}
 
 
 def _optimizer_state(raw: nn.Module, optimizer, d: _Dist) -> dict[str, Any]:
-    if d.mode != "fsdp":
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_optimizer_state_dict,
-    )
-
-    return get_optimizer_state_dict(raw, optimizer, options=StateDictOptions(
-        full_state_dict=True, cpu_offload=True))
+    state = optimizer.state_dict()
+    if d.mode == "fsdp":  # gather sharded moments (same order on every rank)
+        state["state"] = {i: {k: _full(v).cpu() if isinstance(v, Tensor) else v
+                              for k, v in s.items()} for i, s in state["state"].items()}
+    return state
 
 
 def _load_model(checkpoint: Path, raw: nn.Module, d: _Dist) -> None:
@@ -667,25 +661,24 @@ def _load_model(checkpoint: Path, raw: nn.Module, d: _Dist) -> None:
         load_weights(checkpoint, raw)
         return
     from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    set_model_state_dict(raw, load_file(checkpoint / "model.safetensors"),
-                         options=StateDictOptions(full_state_dict=True, strict=False))
+    full = load_file(checkpoint / "model.safetensors")
+    with torch.no_grad():
+        for n, t in raw.state_dict().items():
+            if n in full:
+                t.copy_(_like(full[n], t))
 
 
 def _load_optimizer(state: dict[str, Any], raw: nn.Module, optimizer, d: _Dist) -> None:
     try:
-        if d.mode != "fsdp":
-            optimizer.load_state_dict(state)
-            return
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_optimizer_state_dict,
-        )
-
-        set_optimizer_state_dict(raw, optimizer, state,
-                                 options=StateDictOptions(full_state_dict=True))
-    except (ValueError, KeyError, RuntimeError) as err:
+        if d.mode == "fsdp":  # re-shard the full moments like their parameters
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            state = {**state, "state": {
+                i: {k: _like(v, params[int(i)]) if isinstance(v, Tensor) and v.ndim
+                    and v.shape == params[int(i)].shape else v for k, v in s.items()}
+                for i, s in state["state"].items()}}
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, IndexError, RuntimeError) as err:
         raise ValueError(f"the checkpoint's optimizer state does not fit: {err}") from None
 
 
