@@ -225,9 +225,15 @@ def _lr_factor(config: TrainConfig):
     return factor
 
 
+# Families whose layers run under bf16 autocast. The memory core's in-place ``baddbmm_`` mixes
+# fp32 and bf16 operands under autocast (HOPE, Titans), so ``precision=auto`` keeps those in fp32.
+_AUTOCAST_FAMILIES = ("transformer", "hope_attention")
+
+
 def _autocast(config: TrainConfig, device: torch.device):
     bf16 = config.precision == "bf16" or (
-        config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+        config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+        and config.model.family in _AUTOCAST_FAMILIES)
     if bf16:
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
@@ -425,6 +431,11 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
     data = _prepare_data(config, d, progress=progress)
     tokenizer = data.tokenizer
     model = build_model(config, vocab_size=tokenizer.vocab_size).to(d.device)
+    if config.data.mode == "stream" and config.model.family in ("transformer", "hope_attention") \
+            and getattr(model.config, "sliding_window", None) is None:
+        raise ValueError(f"data.mode=stream carries the state across windows, and the KV cache of "
+                         f"global attention ({config.model.family}) would grow without bound; set "
+                         f"model.sliding_window or use data.mode=random")
     raw = model
     tokens_per_step = global_rows * config.data.seq_len
     slow: list[SlowLevel] = slow_levels(raw, tokens_per_step=tokens_per_step)
