@@ -247,10 +247,15 @@ class SelfModifyingTitans(nn.Module):
             q_all = F.normalize(q_lin.view(B, T, H, d), dim=-1)
         beta_all = None if self.beta_proj is None else torch.sigmoid(self.beta_proj(x))  # [B,T,H]
         st = replace(st, conv=(conv_q, conv_k, conv_v))
-        if impl == "chunked":
-            o, new_state = self._forward_fused(xh, q_all, beta_all, keep, st)
-        else:
-            o, new_state = self._forward_per_group(xh, q_all, beta_all, keep, st, impl)
+        # The memories' recurrences run in float32 or wider with autocast off (a bf16 state would
+        # drift over a long stream); projections before and after may use autocast.
+        compute = torch.promote_types(x.dtype, torch.float32)
+        xh, q_all, beta_all = (None if t is None else t.to(compute) for t in (xh, q_all, beta_all))
+        with torch.autocast(x.device.type, enabled=False):
+            if impl == "chunked":
+                o, new_state = self._forward_fused(xh, q_all, beta_all, keep, st)
+            else:
+                o, new_state = self._forward_per_group(xh, q_all, beta_all, keep, st, impl)
         return self.output(o.to(x.dtype), x), new_state
 
     def _forward_per_group(self, xh, q_all, beta_all, keep, st: SMTState, impl):

@@ -165,7 +165,7 @@ class TrainConfig:
     seed: int = 0
     """Seed of the model initialisation."""
     precision: Precision = "auto"
-    """``auto`` (bf16 autocast on a GPU that supports it for transformer / hope_attention, else
+    """``auto`` (bf16 autocast on a GPU that supports it, else
     fp32), ``fp32``, ``bf16`` (autocast) or ``fp64`` (parameters in float64; for tests)."""
     compile: Compile = "none"
     """``model``: ``torch.compile`` the model."""

@@ -225,15 +225,11 @@ def _lr_factor(config: TrainConfig):
     return factor
 
 
-# Families whose layers run under bf16 autocast. The memory core's in-place ``baddbmm_`` mixes
-# fp32 and bf16 operands under autocast (HOPE, Titans), so ``precision=auto`` keeps those in fp32.
-_AUTOCAST_FAMILIES = ("transformer", "hope_attention")
-
-
 def _autocast(config: TrainConfig, device: torch.device):
+    # Every family runs under bf16 autocast; the memories' recurrences switch it off for
+    # themselves and run in float32 (nestlearn.memory, SelfModifyingTitans).
     bf16 = config.precision == "bf16" or (
-        config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-        and config.model.family in _AUTOCAST_FAMILIES)
+        config.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
     if bf16:
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
