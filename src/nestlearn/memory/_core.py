@@ -11,6 +11,7 @@ Public functions take ``[B, T, H, D]`` tensors; internally time moves next to th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -278,3 +279,16 @@ def to_public(o: Tensor, dtype: torch.dtype) -> Tensor:
 def log_or_zero(x: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if x is None else torch.log(x)
 
+
+
+def autocast_off(fn):
+    """Run a memory rule with autocast off: the recurrence runs in float32 or wider (inputs are
+    promoted by ``check_args``), because a bf16 state would drift over a long stream."""
+
+    @functools.wraps(fn)
+    def wrapper(q, *args, **kwargs):
+        device = q.device.type if isinstance(q, Tensor) else "cpu"
+        with torch.autocast(device, enabled=False):
+            return fn(q, *args, **kwargs)
+
+    return wrapper

@@ -17,8 +17,6 @@ Dimension legend: see ``_core``; N chunks in a group, L tokens per chunk.
 
 from __future__ import annotations
 
-import functools
-
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +29,8 @@ from nestlearn.memory.state import MemoryState
 __all__ = ["memory_chunked", "memory_read"]
 
 
-def _memory_chunked_impl(
+@_core.autocast_off
+def memory_chunked(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -137,15 +136,6 @@ def _memory_chunked_impl(
     offset = (st.offset + T) % C
     final = MemoryState(weights=W, momentum=S, chunk_start=Wc if offset else W, offset=offset)
     return _core.to_public(o, a.out_dtype), final
-
-@functools.wraps(_memory_chunked_impl)
-def memory_chunked(*args, **kwargs):
-    # The recurrence runs in float32 or wider with autocast off (inputs are promoted by
-    # check_args); a bf16 state would drift over a long stream.
-    q = args[0] if args else kwargs.get("q")
-    device = q.device.type if isinstance(q, Tensor) else "cpu"
-    with torch.autocast(device, enabled=False):
-        return _memory_chunked_impl(*args, **kwargs)
 
 
 

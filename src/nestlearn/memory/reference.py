@@ -17,8 +17,6 @@ fast path in ``chunked.py`` must reproduce it (outputs, final state and gradient
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
@@ -28,7 +26,8 @@ from nestlearn.memory.state import MemoryState
 __all__ = ["memory_reference"]
 
 
-def _memory_reference_impl(
+@_core.autocast_off
+def memory_reference(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -94,13 +93,4 @@ def _memory_reference_impl(
         offset=offset,
     )
     return _core.to_public(o, a.out_dtype), final
-
-@functools.wraps(_memory_reference_impl)
-def memory_reference(*args, **kwargs):
-    # The recurrence runs in float32 or wider with autocast off (inputs are promoted by
-    # check_args); a bf16 state would drift over a long stream.
-    q = args[0] if args else kwargs.get("q")
-    device = q.device.type if isinstance(q, Tensor) else "cpu"
-    with torch.autocast(device, enabled=False):
-        return _memory_reference_impl(*args, **kwargs)
 
