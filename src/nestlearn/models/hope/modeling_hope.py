@@ -36,7 +36,12 @@ from nestlearn.layers.attention import Attention
 from nestlearn.layers.continuum_memory import CMSState, ContinuumMemory
 from nestlearn.layers.norm import RMSNorm
 from nestlearn.layers.self_modifying_titans import SelfModifyingTitans
-from nestlearn.models.base import CausalLMMixin, DecoderModelMixin, NestlearnPreTrainedModel
+from nestlearn.models.base import (
+    CausalLMMixin,
+    DecoderModelMixin,
+    NestlearnPreTrainedModel,
+    causal_lm_loss,
+)
 from nestlearn.models.cache import LayerStateCache
 from nestlearn.models.hope.configuration_hope import HopeConfig
 from nestlearn.models.initialization import init_module
@@ -188,8 +193,6 @@ class HopeForCausalLM(CausalLMMixin, HopePreTrainedModel, GenerationMixin):
         logits = self._read_and_learn(input_ids, attention_mask, position_ids, cache)
         loss = None
         if labels is not None:
-            from nestlearn.models.base import causal_lm_loss
-
             loss = causal_lm_loss(logits, labels)
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             logits = logits[:, -logits_to_keep:]

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from transformers import PreTrainedConfig
 
 from nestlearn.layers.mlp import swiglu_hidden_size
+from nestlearn.models._checks import check_number, check_positive_int
 
 __all__ = ["TRANSFORMER_PRESETS", "TransformerConfig"]
 
@@ -105,10 +106,10 @@ class TransformerConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs: Any) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        _check_positive_int("num_key_value_heads", self.num_key_value_heads)
+        check_positive_int("num_key_value_heads", self.num_key_value_heads)
         if self.num_attention_heads % self.num_key_value_heads != 0:
             raise ValueError(
                 f"num_key_value_heads must divide num_attention_heads={self.num_attention_heads}, "
@@ -121,26 +122,17 @@ class TransformerConfig(PreTrainedConfig):
                     f"when head_dim is not set, got {self.hidden_size}"
                 )
             self.head_dim = self.hidden_size // self.num_attention_heads
-        _check_positive_int("head_dim", self.head_dim)
+        check_positive_int("head_dim", self.head_dim)
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim must be even (RoPE rotates pairs), got {self.head_dim}")
         if self.intermediate_size is None:
             self.intermediate_size = swiglu_hidden_size(self.hidden_size)
-        _check_positive_int("intermediate_size", self.intermediate_size)
+        check_positive_int("intermediate_size", self.intermediate_size)
         if self.sliding_window is not None:
-            _check_positive_int("sliding_window", self.sliding_window)
+            check_positive_int("sliding_window", self.sliding_window)
         for name in ("rope_theta", "rms_norm_eps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}")
-        if (
-            isinstance(self.initializer_range, bool)
-            or not isinstance(self.initializer_range, (int, float))
-            or self.initializer_range < 0
-        ):
-            raise ValueError(
-                f"initializer_range must be a number >= 0, got {self.initializer_range!r}"
-            )
+            check_number(name, getattr(self, name))
+        check_number("initializer_range", self.initializer_range, strict=False)
         if (
             isinstance(self.attention_dropout, bool)
             or not isinstance(self.attention_dropout, (int, float))
@@ -166,8 +158,3 @@ class TransformerConfig(PreTrainedConfig):
         block = attention + mlp + 2 * D  # two RMSNorm gains
         embeddings = V * D * (1 if self.tie_word_embeddings else 2)
         return embeddings + self.num_hidden_layers * block + D  # final RMSNorm gain
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
