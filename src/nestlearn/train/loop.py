@@ -434,8 +434,6 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
                          f"model.sliding_window or use data.mode=random")
     raw = model
     tokens_per_step = global_rows * config.data.seq_len
-    slow: list[SlowLevel] = slow_levels(raw, tokens_per_step=tokens_per_step)
-    slow_names = [n for level in slow for n, _ in level.params]
 
     if d.mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
@@ -450,6 +448,14 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
         fully_shard(raw)
     forward_model = torch.compile(model) if config.compile == "model" else model
     params = dict(raw.named_parameters())
+    # The slow levels are looked up only now: fully_shard replaces every parameter of the
+    # sharded modules by a new (DTensor) nn.Parameter, so parameters collected before it are
+    # stale objects that never receive a gradient. Withholding/applying the slow gradients on
+    # them left the real slow level to the optimizer at every step (FSDP2 HOPE drifted by ~lr).
+    slow: list[SlowLevel] = slow_levels(raw, tokens_per_step=tokens_per_step)
+    slow_names = [n for level in slow for n, _ in level.params]
+    if any(params[n] is not p for level in slow for n, p in level.params):
+        raise RuntimeError("slow-level parameters are not the model's (sharded) parameters")
     optimizer = _optimizer(config, raw)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
     sums = {n: torch.zeros_like(params[n]) for n in slow_names}
