@@ -25,12 +25,22 @@ def _losses(run) -> list[float]:
     return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
 
 
-@pytest.mark.parametrize(("parallel", "family"), [
-    pytest.param("ddp", "hope", id="ddp-hope"),
-    pytest.param("fsdp", "transformer", id="fsdp-transformer", marks=pytest.mark.slow),
+# debug_cpu's HOPE plus an in-context CMS level (inner lr 0.1, period 16 tokens): HopeModel then
+# differentiates inside its forward (second-order meta-gradients); its last level stays slow.
+IN_CONTEXT = ["model.cms_hidden_sizes=[64,64,64]", "model.cms_periods=[0,16,1024]",
+              "model.cms_inner_lrs=[0.0,0.1,0.0]"]
+
+
+# FSDP2 runs take ~25 s each here (2 processes on 2 busy cores), hence slow; the FSDP code paths
+# of HOPE are covered fast, on one rank, by test_fsdp.py.
+@pytest.mark.parametrize(("parallel", "family", "model"), [
+    pytest.param("ddp", "hope", [], id="ddp-hope"),
+    pytest.param("fsdp", "transformer", [], id="fsdp-transformer", marks=pytest.mark.slow),
+    pytest.param("fsdp", "hope", [], id="fsdp-hope", marks=pytest.mark.slow),
+    pytest.param("fsdp", "hope", IN_CONTEXT, id="fsdp-hope-in-context", marks=pytest.mark.slow),
 ])
-def test_two_processes_equal_one(tmp_path, debug_overrides, parallel, family):
-    extra = ["train.steps=5", "train.precision=fp64", "train.checkpoint_every=0"]
+def test_two_processes_equal_one(tmp_path, debug_overrides, parallel, family, model):
+    extra = ["train.steps=5", "train.precision=fp64", "train.checkpoint_every=0", *model]
     single = train(debug_config(debug_overrides, tmp_path / "single", *extra, family=family),
                    progress=False)
 

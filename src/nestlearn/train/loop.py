@@ -435,6 +435,7 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
     raw = model
     tokens_per_step = global_rows * config.data.seq_len
 
+    inner_grads = _takes_inner_grads(raw)
     if d.mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -443,9 +444,11 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
     elif d.mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for block in raw.model.layers:
-            fully_shard(block)
+        for unit in _fsdp_units(raw):
+            fully_shard(unit)
         fully_shard(raw)
+        if inner_grads:
+            raw.set_reshard_after_backward(False, recurse=True)
     forward_model = torch.compile(model) if config.compile == "model" else model
     params = dict(raw.named_parameters())
     # The slow levels are looked up only now: fully_shard replaces every parameter of the
@@ -537,6 +540,8 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
                           seq_len=config.data.seq_len,
                           batch_size=config.data.batch_size // config.grad_accum,
                           max_batches=config.eval_batches, device=d.device, autocast=autocast)
+        if d.mode == "fsdp" and inner_grads:
+            _reshard(raw)
         val_losses.append((at, result.loss))
         write({"step": at, "val_loss": result.loss, "val_ppl": result.perplexity})
         return result.loss
@@ -569,6 +574,8 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
             if not math.isfinite(step_loss):
                 raise FloatingPointError(f"training loss is {step_loss} at step {step + 1}")
 
+            if d.mode == "fsdp" and inner_grads:
+                _reshard(raw)  # before clipping, the optimizer and any state dict
             grads = [p for p in raw.parameters() if p.grad is not None]
             if config.optim.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(grads, config.optim.grad_clip)
@@ -642,6 +649,42 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
 
 # ---------------------------------------------------------------------------------------------
 # Helpers: state dicts under DDP / FSDP2, stream caches, metrics, plots
+
+
+def _fsdp_units(raw: nn.Module) -> list[nn.Module]:
+    """The modules sharded one by one under FSDP2 (the rest belong to the root's group, whose
+    parameters stay gathered from the forward to the end of the backward): every block, except
+    that a HOPE block with in-context CMS levels gives only its mixer. Those levels' weights are
+    read by ``HopeModel`` itself (``cms.fast_tensors``, outside the block's forward, before its
+    pre-forward all-gather), so they must be gathered for the whole forward."""
+    return [block.mixer if _in_context_cms(block) else block for block in raw.model.layers]
+
+
+def _in_context_cms(block: nn.Module) -> bool:
+    cms = getattr(block, "cms", None)
+    return bool(cms is not None and cms.in_context)
+
+
+def _takes_inner_grads(raw: nn.Module) -> bool:
+    """True for HOPE with in-context CMS levels: its forward differentiates the chunk losses
+    w.r.t. the fast weights (``torch.autograd.grad`` inside the forward, ``HopeModel``).
+
+    Under FSDP2 such an inner backward runs the FSDP backward hooks and the root's end-of-backward
+    callback, which reshard every group (freeing the gathered storage) in the middle of the
+    forward: the next read of a fast weight expanded from a gathered parameter used freed memory
+    (a segfault, or a DTensor/Tensor mix). So for these models the groups are not resharded
+    after a backward (``set_reshard_after_backward(False)``) and :func:`_reshard` frees them
+    explicitly once the training step's (or evaluation's) forward and backward are done; between
+    those points no parameter changes, so the kept gathered copies are current."""
+    return any(_in_context_cms(b) for b in raw.model.layers)
+
+
+def _reshard(raw: nn.Module) -> None:
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in raw.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
 
 
 def _like(saved: Tensor, param: Tensor) -> Tensor:
