@@ -1,7 +1,7 @@
 """The training loop (issue 5 item 2): ``train(config) -> TrainResult``.
 
-One entry point for one process and for ``torchrun`` (DDP, or FSDP2 ``fully_shard`` per block
-with ``train.parallel=fsdp``; gloo on CPU, NCCL on GPU). Each step:
+One entry point for one process and for ``torchrun`` (DDP, or FSDP2 ``fully_shard`` per block,
+:func:`_fsdp_units`, with ``train.parallel=fsdp``; gloo on CPU, NCCL on GPU). Each step:
 
 1. the global batch (``data.batch_size`` rows) is drawn; rank ``r`` of ``W`` takes rows
    ``[r * B / W, (r + 1) * B / W)``, split into ``train.grad_accum`` micro-batches, so a run's
