@@ -31,7 +31,7 @@ IN_CONTEXT = ["model.cms_hidden_sizes=[64,64,64]", "model.cms_periods=[0,16,1024
               "model.cms_inner_lrs=[0.0,0.1,0.0]"]
 
 
-# FSDP2 runs take ~25 s each here (2 processes on 2 busy cores), hence slow; the FSDP code paths
+# 2-process FSDP2 runs measured 18-24 s each here (2 busy cores), hence slow; the FSDP code paths
 # of HOPE are covered fast, on one rank, by test_fsdp.py.
 @pytest.mark.parametrize(("parallel", "family", "model"), [
     pytest.param("ddp", "hope", [], id="ddp-hope"),
