@@ -17,6 +17,7 @@ Dimension legend: see ``_core``; N chunks in a group, L tokens per chunk.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -248,7 +249,192 @@ def _advance(memory, rule, W, S, grad: _core.InnerGrad, K, co: dict, *, same_sta
     return tuple(new_W), (tuple(new_S) if S is not None else None)
 
 
+_COEFF_FIELDS = ("decay_total", "mom_r", "mom_total", "eta_e", "eta_b", "dgd_z", "dgd_y",
+                 "dgd_rho")
+
+
 def advance_weight(W: Tensor, S: Tensor | None, u: Tensor, x: Tensor, co, *,
+                   kp: Tensor | None = None, K: Tensor | None = None):
+    """Advance one weight matrix over one chunk (README eq. 3.4-3.5, and 4.4 when ``kp`` is given).
+
+    ``W``, ``S``: ``[..., O, I]`` before the chunk (``S`` the momentum, or ``None``);
+    ``u``, ``x``: ``[..., L, O]``, ``[..., L, I]``, the chunk's gradient factors at its start weights;
+    ``co``: the chunk's :class:`_Coeffs` (or a dict of its per-chunk fields) with leading dims that
+    broadcast against ``W``'s (so several memories that share keys and rates share ``co``).
+    For the DGD weight (the one that sees the key) pass ``kp = K W^T [..., L, O]`` and the keys
+    ``K [..., L, I]``. Returns ``(W_L, S_L)``.
+
+    Runs as one autograd node (:class:`_AdvanceWeight`) with a hand-written backward (README
+    section 8); ``_advance_weight_autograd`` is the same arithmetic left to autograd, which the
+    tests compare it with. The backward is made of differentiable operations (no in-place change
+    of a tensor autograd saves), so a double backward (HOPE's second-order CMS meta-gradient)
+    differentiates through it.
+    """
+    get = co.get if isinstance(co, dict) else lambda f: getattr(co, f)
+    coeffs = [get(f) for f in _COEFF_FIELDS]
+    if kp is None:  # GD-type weight: Z, Y, rho unused
+        coeffs[5:] = [None] * 3
+        K = None
+    else:
+        coeffs[3] = None  # eta_e unused with DGD
+    if S is None:  # no momentum: r, mom_total, eta_b, rho unused
+        for i in (1, 2, 4, 7):
+            coeffs[i] = None
+    out = _AdvanceWeight.apply(W, S, u, x, kp, K, *coeffs)
+    return out[0], (out[1] if S is not None else None)
+
+
+class _AdvanceWeight(torch.autograd.Function):
+    """``advance_weight`` as one autograd node. The forward is the arithmetic of
+    ``_advance_weight_autograd``; the backward is written out (below) so that a chunk's backward
+    makes no state-sized temporaries beyond the gradients themselves: the gradients of the
+    per-chunk scalars are batched dot products (no elementwise product of two states), the two
+    products of eq. 4.7 are one product of inner width 2L in both directions, and nothing is
+    broadcast-then-reduced. The inputs are flattened to ``[N, ...]`` over the broadcast leading
+    dims; gradients are summed back to each input's shape."""
+
+    @staticmethod
+    def forward(ctx, W, S, u, x, kp, K, dt, r, mt, eta_e, eta_b, z, y, rho):
+        ins = (W, S, u, x, kp, K)
+        cos = (dt, r, mt, eta_e, eta_b, z, y, rho)
+        lead = torch.broadcast_shapes(
+            *(t.shape[:-2] for t in ins if t is not None),
+            *(t.shape for t in (dt, r, mt) if t is not None),
+            *(t.shape[:-1] for t in (eta_e, eta_b, rho) if t is not None),
+            *(t.shape[:-2] for t in (z, y) if t is not None),
+        )
+        ctx.lead = lead
+        ctx.save_for_backward(*ins, *cos)
+        f = _Flat(lead)
+        Wf, Sf, uf, xf, kpf, Kf = (f.mat(t) for t in ins)
+        dtf, rf, mtf = (f.scalar(t) for t in (dt, r, mt))
+        O, I = W.shape[-2:]
+        u_t = uf.mT  # [N, O, L]
+        W_new = Wf * dtf
+        if Sf is not None:
+            W_new.addcmul_(Sf, rf)
+        if kpf is not None:
+            mix = _dgd_mix(kpf, dtf, Sf, Kf, f.row(rho))
+            W_new.baddbmm_(torch.cat([mix, u_t], -1), torch.cat([f.mat(z), f.mat(y)], -2),
+                           alpha=-1)
+        else:
+            W_new.baddbmm_(u_t, f.col(eta_e) * xf, alpha=-1)
+        if Sf is None:
+            return W_new.view(*lead, O, I), None
+        S_new = Sf * mtf
+        S_new.baddbmm_(u_t, f.col(eta_b) * xf, alpha=-1)
+        return W_new.view(*lead, O, I), S_new.view(*lead, O, I)
+
+    @staticmethod
+    def backward(ctx, gW, gS):
+        saved = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        W, S, u, x, kp, K, dt, r, mt, eta_e, eta_b, z, y, rho = saved
+        f = _Flat(ctx.lead)
+        N = f.N
+        Wf, Sf, uf, xf, kpf, Kf = (f.mat(t) for t in (W, S, u, x, kp, K))
+        dtf, rf, mtf = (f.scalar(t) for t in (dt, r, mt))
+        g = dict.fromkeys(("W", "S", "u", "x", "kp", "K", "dt", "r", "mt", "eta_e", "eta_b",
+                           "z", "y", "rho"))
+        if gW is not None:
+            gW = f.mat(gW)
+            g["W"] = gW * dtf
+            g["dt"] = _bdot(gW, Wf)
+            if Sf is not None:
+                g["S"] = gW * rf
+                g["r"] = _bdot(gW, Sf)
+            if kpf is not None:
+                zf, yf, rhof = f.mat(z), f.mat(y), f.row(rho)
+                SK = None if Sf is None else torch.bmm(Sf, Kf.mT)  # [N, O, L]
+                mix = _dgd_mix(kpf, dtf, Sf, Kf, rhof, SK=SK)
+                L = zf.shape[-2]
+                g_o = torch.bmm(gW, torch.cat([zf, yf], -2).mT).neg_()  # [N, O, 2L]
+                g_i = torch.bmm(torch.cat([mix, uf.mT], -1).mT, gW).neg_()  # [N, 2L, I]
+                gmix, gu_t = g_o[..., :L], g_o[..., L:]
+                g["z"], g["y"] = g_i[:, :L], g_i[:, L:]
+                g["kp"] = (gmix * dtf).mT
+                g["dt"] = g["dt"] + (gmix * kpf.mT).sum((-2, -1))
+                if Sf is not None:
+                    g["rho"] = (gmix * SK).sum(-2)
+                    gSK = gmix * rhof[:, None, :]  # [N, O, L]
+                    g["K"] = torch.bmm(gSK.mT, Sf)
+                    g["S"].baddbmm_(gSK, Kf)
+            else:
+                eef = f.col(eta_e)
+                gu_t = torch.bmm(gW, (eef * xf).mT).neg_()
+                gxe = torch.bmm(uf, gW).neg_()  # [N, L, I]
+                g["x"] = gxe * eef
+                g["eta_e"] = (gxe * xf).sum(-1)
+            g["u"] = gu_t.mT
+        if gS is not None and Sf is not None:
+            gS = f.mat(gS)
+            ebf = f.col(eta_b)
+            gu_s = torch.bmm(gS, (ebf * xf).mT).neg_().mT  # [N, L, O]
+            g["u"] = gu_s if g["u"] is None else g["u"] + gu_s
+            gxb = torch.bmm(uf, gS).neg_()
+            g["x"] = gxb * ebf if g["x"] is None else g["x"].addcmul_(gxb, ebf)
+            g["eta_b"] = (gxb * xf).sum(-1)
+            g["S"] = gS * mtf if g["S"] is None else g["S"].addcmul_(gS, mtf)
+            g["mt"] = _bdot(gS, Sf)
+        order = ("W", "S", "u", "x", "kp", "K", "dt", "r", "mt", "eta_e", "eta_b", "z", "y",
+                 "rho")
+        return tuple(
+            None if (gr := g[name]) is None or not need[i] else f.unflat(gr, saved[i])
+            for i, name in enumerate(order)
+        )
+
+
+class _Flat:
+    """Views ``[*lead, ...]`` tensors as ``[N, ...]`` (expanding broadcast dims) and sums
+    gradients back to an input's shape. A tensor that already has the full leading dims is only
+    viewed (a few microseconds of dispatch per op count here: a chunk is small)."""
+
+    def __init__(self, lead):
+        self.lead = tuple(lead)
+        self.n_lead = len(self.lead)
+        self.N = math.prod(self.lead)
+
+    def _flat(self, t, k):  # [..., *tail(k dims)] -> [N, *tail]
+        if t is None:
+            return None
+        tail = t.shape[t.ndim - k:]
+        if t.ndim != self.n_lead + k or t.shape[:self.n_lead] != self.lead:
+            t = t.expand(*self.lead, *tail)
+        return t.reshape(self.N, *tail)
+
+    def mat(self, t):  # [..., m, n] -> [N, m, n]
+        return self._flat(t, 2)
+
+    def scalar(self, t):  # [...] -> [N, 1, 1]
+        return None if t is None else self._flat(t, 0).view(self.N, 1, 1)
+
+    def row(self, t):  # [..., L] -> [N, L]
+        return self._flat(t, 1)
+
+    def col(self, t):  # [..., L] -> [N, L, 1]
+        return None if t is None else self._flat(t, 1)[..., None]
+
+    def unflat(self, g, like):
+        """``[N, *tail]`` -> ``like``'s shape (``[*lead', *tail]``), summing broadcast dims."""
+        g = g.reshape(*self.lead, *g.shape[1:])
+        return g if g.shape == like.shape else g.sum_to_size(like.shape)
+
+
+def _dgd_mix(kpf, dtf, Sf, Kf, rhof, SK=None):
+    """The ``[N, O, L]`` bracket of eq. 4.7: ``dt W_0 K^T + (S_0 K^T) diag(rho)``."""
+    mix = kpf.mT * dtf
+    if Sf is not None:
+        mix.addcmul_(torch.bmm(Sf, Kf.mT) if SK is None else SK, rhof[:, None, :])
+    return mix
+
+
+def _bdot(a: Tensor, b: Tensor) -> Tensor:
+    """Batched Frobenius product ``[N, m, n] x [N, m, n] -> [N]`` (an elementwise product and a
+    sum: on CPU several times faster than the same as a batched ``[1, mn] x [mn, 1]`` product)."""
+    return (a * b).sum((-2, -1))
+
+
+def _advance_weight_autograd(W: Tensor, S: Tensor | None, u: Tensor, x: Tensor, co, *,
                    kp: Tensor | None = None, K: Tensor | None = None):
     """Advance one weight matrix over one chunk (README eq. 3.4-3.5, and 4.4 when ``kp`` is given).
 
