@@ -6,8 +6,8 @@ from nestlearn import cli
 from nestlearn.memory import MemoryState, memory_chunked, memory_read
 
 
-def test_main_writes_report(tmp_path, capsys):
-    assert cli.main(["main", "--out", str(tmp_path)]) == 0
+def test_demo_writes_report(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()
     assert "Fast path == reference" in report
     assert (tmp_path / "recall.png").stat().st_size > 1000

@@ -1,6 +1,8 @@
 """The ``nestlearn`` command.
 
-    nestlearn main [--out DIR]                     the main job (today: the memory-core demo)
+    nestlearn main [--out DIR] [--steps N]         the main job: tiny HOPE vs Transformer++ vs
+                                                   Titans on the bundled corpus, with a report
+    nestlearn demo [--out DIR]                     the memory-core demonstration
     nestlearn levels [--family F] [--preset P]     print a model's levels (decision D1)
     nestlearn levels --model DIR                   ... of a saved model
     nestlearn train RECIPE [--family F] [--set section.field=value ...] [--out DIR]
@@ -24,6 +26,21 @@ from pathlib import Path
 
 
 def _cmd_main(args: argparse.Namespace) -> int:
+    from nestlearn.mainjob import MainJob, run_main_job
+
+    job = MainJob(out=args.out, steps=args.steps, lanes=args.lanes, threads=args.threads,
+                  time_limit=args.time_limit,
+                  families=tuple(f.strip() for f in args.families.split(",") if f.strip()))
+    try:
+        report = run_main_job(job, progress=not args.quiet)
+    except RuntimeError as err:  # a training or evaluation child failed: its log is quoted
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"report: {report}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
     from nestlearn.demo import run_demo
 
     report = run_demo(Path(args.out))
@@ -258,9 +275,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nestlearn", description="Nested Learning in PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("main", help="run the main job and write a report")
+    p = sub.add_parser("main", help="the main job: train tiny HOPE, Transformer++ and Titans "
+                       "on the bundled corpus, evaluate, write a report")
     p.add_argument("--out", default="runs/main", help="directory for the report (runs/main)")
+    p.add_argument("--steps", type=int, default=160, help="optimizer steps per model (160)")
+    p.add_argument("--families", default="hope,transformer,titans",
+                   help="comma-separated model families (hope,transformer,titans)")
+    p.add_argument("--lanes", type=int, default=2, help="training processes in parallel (2)")
+    p.add_argument("--threads", type=int, default=1, help="threads per process (1)")
+    p.add_argument("--time-limit", type=float, default=13.0,
+                   help="minutes of training before running trainings are stopped (13; 0 = none)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_main)
+    p = sub.add_parser("demo", help="the memory-core demonstration (chunked vs reference, "
+                       "recall of the Hebbian and delta rules)")
+    p.add_argument("--out", default="runs/demo", help="directory for the report (runs/demo)")
+    p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("levels", help="print the levels of a model (D1)")
     p.add_argument("--family", default="hope", help="transformer, hope, hope_attention, titans, "
                    "titans_mag (default hope)")

@@ -55,7 +55,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from nestlearn.models.cache import LayerStateCache
+from nestlearn.models.cache import OUTPUT_CACHE_FIELD, LayerStateCache, pick_cache
 
 __all__ = [
     "CausalLMMixin",
@@ -73,7 +73,7 @@ class NestlearnPreTrainedModel(PreTrainedModel):
 
     base_model_prefix = "model"
     main_input_name = "input_ids"
-    _skip_keys_device_placement: ClassVar[list[str]] = ["past_key_values"]
+    _skip_keys_device_placement: ClassVar[list[str]] = ["past_key_values", "cache"]
     # States cannot be rolled back, so assisted (speculative) decoding is refused by generate().
     _is_stateful = True
 
@@ -97,6 +97,7 @@ class DecoderModelMixin:
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         past_key_values: LayerStateCache | None = None,
+        cache: LayerStateCache | None = None,
         inputs_embeds: Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -130,7 +131,7 @@ class DecoderModelMixin:
                 # mask carries no information and dropping it lets blocks take unmasked fast paths.
                 attention_mask = None
 
-        cache = past_key_values
+        cache = pick_cache(past_key_values, cache)  # `cache` from transformers 5.24
         if cache is not None and not isinstance(cache, LayerStateCache):
             raise TypeError(
                 f"past_key_values must be a nestlearn LayerStateCache, got {type(cache).__name__}"
@@ -163,8 +164,8 @@ class DecoderModelMixin:
 
         out = BaseModelOutputWithPast(
             last_hidden_state=hidden,
-            past_key_values=cache,
             hidden_states=all_hidden if output_hidden_states else None,
+            **{OUTPUT_CACHE_FIELD: cache},
         )
         return out if return_dict else out.to_tuple()
 
@@ -184,6 +185,7 @@ class CausalLMMixin:
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         past_key_values: LayerStateCache | None = None,
+        cache: LayerStateCache | None = None,
         inputs_embeds: Tensor | None = None,
         labels: Tensor | None = None,
         use_cache: bool | None = None,
@@ -197,7 +199,7 @@ class CausalLMMixin:
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            past_key_values=pick_cache(past_key_values, cache),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -226,8 +228,8 @@ class CausalLMMixin:
         out = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **{OUTPUT_CACHE_FIELD: getattr(outputs, OUTPUT_CACHE_FIELD)},
         )
         return out if return_dict else out.to_tuple()
 

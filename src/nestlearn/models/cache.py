@@ -21,7 +21,11 @@ How it works with ``transformers`` 5 ``generate()`` (read from ``generation/util
 - The object is duck-typed rather than a ``transformers.Cache`` subclass: ``Cache`` is a list of
   key/value ``CacheLayerMixin`` layers, which recurrent memories are not. ``generate`` reads only
   ``is_compileable`` (False: no 4-D mask building, no auto-compile), ``get_seq_length()``,
-  ``is_croppable`` (False) and, for beam search, ``reorder_cache(beam_idx)``.
+  ``is_croppable`` (False), ``is_linear`` (5.24+: all False, see there) and, for beam search, ``reorder_cache(beam_idx)``.
+- ``transformers`` 5.24 renamed the cache argument and output field ``past_key_values`` to
+  ``cache`` (the old name still works, with a deprecation warning). The models accept both
+  arguments (:func:`pick_cache`) and fill whichever field the installed version's output classes
+  have (:data:`OUTPUT_CACHE_FIELD`); read a cache from an output with :func:`output_cache`.
 - States cannot be rolled back, so models set ``_is_stateful = True`` and ``generate`` refuses
   assisted (speculative) decoding with a clear error; greedy, sampling and beam search work.
 
@@ -32,12 +36,31 @@ backpropagation; tuples/lists of such states and ``None`` are handled.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
-__all__ = ["LayerStateCache"]
+__all__ = ["OUTPUT_CACHE_FIELD", "LayerStateCache", "output_cache", "pick_cache"]
+
+OUTPUT_CACHE_FIELD = ("cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
+                      else "past_key_values")
+"""The cache field of ``transformers``' output classes: ``cache`` from 5.24, ``past_key_values``
+before."""
+
+
+def pick_cache(past_key_values: Any = None, cache: Any = None) -> Any:
+    """The cache passed to a forward as ``cache`` (transformers >= 5.24) or ``past_key_values``."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the cache once: as cache= or as past_key_values=, not both")
+    return past_key_values if cache is None else cache
+
+
+def output_cache(output: Any) -> Any:
+    """The cache of a model output, whichever ``transformers`` 5.x version built it."""
+    return getattr(output, OUTPUT_CACHE_FIELD)
 
 
 class LayerStateCache:
@@ -49,6 +72,13 @@ class LayerStateCache:
 
     is_compileable = False
     is_croppable = False
+
+    @property
+    def is_linear(self) -> list[bool]:
+        """Per layer False (read by ``generate`` from transformers 5.24): with an all-True list
+        ``generate`` would stop dropping the prompt tokens a user-given cache has already seen.
+        The states are recurrent, but they count tokens exactly like a key/value cache."""
+        return [False] * len(self.states)
 
     def __init__(self, num_layers: int) -> None:
         if num_layers <= 0:

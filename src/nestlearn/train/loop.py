@@ -39,6 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nestlearn.models.cache import output_cache
 from nestlearn.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -566,7 +567,7 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
                     loss = _token_losses(out.logits, y).mean()
                 (loss / config.grad_accum).backward()
                 if stream:
-                    caches[i] = out.past_key_values.detach()
+                    caches[i] = output_cache(out).detach()
                 loss_sum += loss.detach().double()
             if d.world > 1:
                 dist.all_reduce(loss_sum)
@@ -757,7 +758,7 @@ def _restore_caches(forward_model, saved: list[list[Tensor]], config, micro, d: 
             continue
         probe = torch.zeros(micro, config.data.seq_len, dtype=torch.long, device=d.device)
         with torch.no_grad():
-            cache = forward_model(probe, use_cache=True).past_key_values
+            cache = output_cache(forward_model(probe, use_cache=True))
         _restore_cache(cache, tensors[1:])
         cache.num_seen_tokens = int(tensors[0])
         caches.append(cache)

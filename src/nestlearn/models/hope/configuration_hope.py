@@ -92,7 +92,7 @@ class HopeConfig(PreTrainedConfig):
     """
 
     model_type = "hope"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     variant: str = "hope"
     vocab_size: int = 4096

@@ -42,7 +42,7 @@ from nestlearn.models.base import (
     NestlearnPreTrainedModel,
     causal_lm_loss,
 )
-from nestlearn.models.cache import LayerStateCache
+from nestlearn.models.cache import OUTPUT_CACHE_FIELD, LayerStateCache, pick_cache
 from nestlearn.models.hope.configuration_hope import HopeConfig
 from nestlearn.models.initialization import init_module
 
@@ -162,6 +162,7 @@ class HopeForCausalLM(CausalLMMixin, HopePreTrainedModel, GenerationMixin):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         past_key_values: LayerStateCache | None = None,
+        cache: LayerStateCache | None = None,
         inputs_embeds: Tensor | None = None,
         labels: Tensor | None = None,
         use_cache: bool | None = None,
@@ -170,6 +171,7 @@ class HopeForCausalLM(CausalLMMixin, HopePreTrainedModel, GenerationMixin):
         logits_to_keep: int | Tensor = 0,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple:
+        past_key_values = pick_cache(past_key_values, cache)  # `cache` from transformers 5.24
         if not self.config.has_in_context_cms:
             return super().forward(
                 input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -199,7 +201,7 @@ class HopeForCausalLM(CausalLMMixin, HopePreTrainedModel, GenerationMixin):
         elif not isinstance(logits_to_keep, int):
             logits = logits[:, logits_to_keep]
         out = CausalLMOutputWithPast(loss=loss, logits=logits,
-                                     past_key_values=cache if use_cache else None)
+                                     **{OUTPUT_CACHE_FIELD: cache if use_cache else None})
         return out if return_dict else out.to_tuple()
 
     def _read_and_learn(self, input_ids, attention_mask, position_ids, cache: HopeCache) -> Tensor:

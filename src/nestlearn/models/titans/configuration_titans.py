@@ -64,7 +64,7 @@ class TitansConfig(PreTrainedConfig):
     """
 
     model_type = "nestlearn_titans"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     variant: str = "lmm"
     vocab_size: int = 4096

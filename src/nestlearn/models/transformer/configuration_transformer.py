@@ -84,7 +84,7 @@ class TransformerConfig(PreTrainedConfig):
     """
 
     model_type = "nestlearn_transformer"
-    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values"]
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["past_key_values", "cache"]
 
     vocab_size: int = 4096
     hidden_size: int = 256

@@ -1,0 +1,407 @@
+"""The main job (``nestlearn main``; ``bash scripts/main.sh``): a small Table 2 on a CPU.
+
+It trains the ``tiny`` presets of HOPE, Transformer++ and Titans (equal parameter count, within
+1.3%) on the bundled default corpus (Shakespeare + the Wikipedia sample, byte-level BPE 4096)
+for the same number of tokens with the same optimizer and schedule, evaluates each on the same
+validation windows, compares them with a unigram model fitted on the training split, and writes
+
+    <out>/report.md      the table, the level table of HOPE, generated samples, how to reproduce
+    <out>/loss.png       training loss and validation loss of the three models
+    <out>/context.png    validation loss by position in the window (NL Fig. 10's context curve)
+    <out>/results.json   every number of the report
+    <out>/runs/<family>/ the training runs (checkpoints, metrics.jsonl, model/, train.log)
+
+Runs are ordinary ``nestlearn train`` runs: running the job again reuses finished runs and resumes
+interrupted ones. The models train in ``lanes`` parallel processes of ``threads`` threads each
+(default 2 x 1: on two cores, HOPE's sequential chunk loop gains little from a second thread, so
+HOPE trains in one process while Transformer++ and then Titans train in the other).
+
+``time_limit`` (minutes, wall clock, default 13) guards the 15-minute budget on a slow machine: a
+training still running then is stopped through its SIGTERM path (it finishes the step, saves a
+checkpoint and exits), evaluated from that checkpoint, and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MainJob", "run_main_job"]
+
+FAMILY_NAMES = {"hope": "HOPE", "transformer": "Transformer++", "titans": "Titans (LMM)"}
+
+
+@dataclass
+class MainJob:
+    """Settings of the main job (every model gets the same ones)."""
+
+    out: str = "runs/main"
+    recipe: str = "tiny"
+    """The training recipe every model starts from (``nestlearn.train.RECIPES``)."""
+    families: tuple[str, ...] = ("hope", "transformer", "titans")
+    steps: int = 160
+    """Optimizer steps per model (x ``batch_size`` x ``seq_len`` tokens)."""
+    seq_len: int = 256
+    batch_size: int = 8
+    lr: float = 2e-3
+    warmup_steps: int = 20
+    eval_batches: int = 16
+    """Validation windows scored: ``eval_batches`` x ``batch_size`` windows of ``seq_len``."""
+    lanes: int = 2
+    threads: int = 1
+    time_limit: float = 13.0
+    """Minutes of wall clock for training before running trainings are stopped (0: none)."""
+    prompt: str = "KING HENRY:"
+    sample_tokens: int = 60
+    extra: list[str] = field(default_factory=list)
+    """Further ``section.field=value`` overrides applied to every run."""
+
+    def __post_init__(self) -> None:
+        from nestlearn.models.presets import FAMILIES
+        from nestlearn.train import RECIPES
+
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {list(RECIPES)}, got {self.recipe!r}")
+        for f in self.families:
+            if f not in FAMILIES:
+                raise ValueError(f"families: {f!r} is not one of {list(FAMILIES)}")
+        if not self.families:
+            raise ValueError("families must name at least one model family")
+        for name in ("steps", "seq_len", "batch_size", "eval_batches", "lanes", "threads",
+                     "sample_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not (self.time_limit >= 0):
+            raise ValueError(f"time_limit must be >= 0 minutes, got {self.time_limit!r}")
+
+    def overrides(self, family: str) -> list[str]:
+        out = Path(self.out) / "runs" / family
+        return [f"train.out_dir={out}", f"train.steps={self.steps}",
+                f"data.seq_len={self.seq_len}", f"data.batch_size={self.batch_size}",
+                f"optim.lr={self.lr}", f"optim.warmup_steps={self.warmup_steps}",
+                "train.log_every=5", f"train.eval_every={max(1, self.steps // 4)}",
+                "train.eval_batches=4", f"train.checkpoint_every={max(1, self.steps // 8)}",
+                "train.keep_checkpoints=2", "train.precision=fp32", *self.extra]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training lanes
+
+
+class _Lane(threading.Thread):
+    """Trains and evaluates its families one after another in child processes."""
+
+    def __init__(self, job: MainJob, families: list[str], deadline: float | None) -> None:
+        super().__init__(daemon=True)
+        self.job, self.families, self.deadline = job, families, deadline
+        self.current: subprocess.Popen | None = None
+        self.status: dict[str, str] = {}
+        self.error: str | None = None
+        self._lock = threading.Lock()
+
+    def _run(self, cmd: list[str], log: Path) -> int:
+        env = {**os.environ, "OMP_NUM_THREADS": str(self.job.threads),
+               "MKL_NUM_THREADS": str(self.job.threads)}
+        with open(log, "a") as f:
+            f.write("$ " + " ".join(cmd) + "\n")
+            f.flush()
+            with self._lock:
+                self.current = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+            code = self.current.wait()
+            with self._lock:
+                self.current = None
+        return code
+
+    def stop(self) -> None:
+        """SIGTERM the running child: a training saves a checkpoint at the end of its step."""
+        with self._lock:
+            if self.current is not None and self.current.poll() is None:
+                self.current.send_signal(signal.SIGTERM)
+
+    def run(self) -> None:
+        try:
+            for family in self.families:
+                run_dir = Path(self.job.out) / "runs" / family
+                run_dir.mkdir(parents=True, exist_ok=True)
+                log = run_dir / "train.log"
+                if self.deadline is not None and time.monotonic() > self.deadline \
+                        and not (run_dir / "model" / "model.safetensors").is_file():
+                    self.status[family] = "skipped (time limit)"
+                    continue
+                self.status[family] = "training"
+                cmd = [sys.executable, "-m", "nestlearn", "train", self.job.recipe, "--family", family,
+                       "--quiet", "--set", *self.job.overrides(family)]
+                code = self._run(cmd, log)
+                if code not in (0, 130):
+                    raise RuntimeError(f"training {family} failed (exit {code}); see {log}:\n"
+                                       + _tail(log))
+                self.status[family] = "stopped (time limit)" if code == 130 else "trained"
+                cmd = [sys.executable, "-m", "nestlearn", "eval", str(run_dir), "--quiet",
+                       "--max-batches", str(self.job.eval_batches),
+                       "--out", str(run_dir / "eval_validation.json")]
+                if self._run(cmd, log):
+                    raise RuntimeError(f"evaluating {family} failed; see {log}:\n" + _tail(log))
+        except Exception as err:  # noqa: BLE001 - reported by the main thread
+            self.error = str(err)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _last_step(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    step = 0
+    for line in path.read_text().splitlines():
+        try:
+            step = max(step, int(json.loads(line).get("step", 0)))
+        except (json.JSONDecodeError, AttributeError, ValueError):
+            continue
+    return step
+
+
+def _train_all(job: MainJob, *, progress: bool) -> dict[str, str]:
+    from tqdm.auto import tqdm
+
+    lanes_families: list[list[str]] = [[] for _ in range(min(job.lanes, len(job.families)))]
+    for i, family in enumerate(job.families):  # HOPE (slowest) alone in lane 0 by default
+        lanes_families[min(i, len(lanes_families) - 1)].append(family)
+    start = time.monotonic()
+    deadline = start + 60 * job.time_limit if job.time_limit else None
+    lanes = [_Lane(job, fams, deadline) for fams in lanes_families]
+    bars = {f: tqdm(total=job.steps, desc=f"{f:<12}", unit="step", position=i, leave=True,
+                    disable=not progress, dynamic_ncols=True, mininterval=1.0)
+            for i, f in enumerate(job.families)}
+    for lane in lanes:
+        lane.start()
+    stopped = False
+    while any(lane.is_alive() for lane in lanes):
+        time.sleep(1.0)
+        for f, bar in bars.items():
+            step = _last_step(Path(job.out) / "runs" / f)
+            if step > bar.n:
+                bar.update(step - bar.n)
+        if deadline is not None and time.monotonic() > deadline and not stopped:
+            stopped = True
+            for lane in lanes:
+                lane.stop()
+    for lane in lanes:
+        lane.join()
+    for bar in bars.values():
+        bar.close()
+    errors = [lane.error for lane in lanes if lane.error]
+    if errors:
+        raise RuntimeError(errors[0])
+    return {f: s for lane in lanes for f, s in lane.status.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _metrics(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]], list[float]]:
+    train, val, rates = [], [], []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if "loss" in r:
+            train.append((r["step"], r["loss"]))
+            if r["step"] > 5:  # the first logged interval includes warm-up
+                rates.append(r["tokens_per_s"])
+        if "val_loss" in r:
+            val.append((r["step"], r["val_loss"]))
+    return train, val, rates
+
+
+def _sample(model, tokenizer, prompt: str, tokens: int) -> str:
+    import torch
+
+    ids = [tokenizer.eot_id, *tokenizer.encode(prompt)]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=tokens, do_sample=True,
+                             temperature=0.8, top_k=40, eos_token_id=tokenizer.eot_id,
+                             pad_token_id=tokenizer.eot_id)
+    return prompt + tokenizer.decode(out[0, len(ids):].tolist())
+
+
+def _plots(out: Path, results: dict[str, Any], unigram: float) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for f, r in results["models"].items():
+        steps, losses = zip(*r["train_curve"], strict=True)
+        line, = ax.plot(steps, losses, label=f"{FAMILY_NAMES.get(f, f)} (train)", alpha=0.8)
+        if r["val_curve"]:
+            vs, vl = zip(*r["val_curve"], strict=True)
+            ax.plot(vs, vl, "o--", color=line.get_color(), label=f"{FAMILY_NAMES.get(f, f)} (val)")
+    ax.axhline(unigram, color="gray", ls=":", label=f"unigram (val) {unigram:.2f}")
+    ax.set_xlabel(f"optimizer step ({results['tokens_per_step']:,} tokens each)")
+    ax.set_ylabel("next-token loss (nats)")
+    ax.set_title("tiny presets, equal parameters and tokens (2 CPU cores)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for f, r in results["models"].items():
+        curve = r["per_position"]
+        ax.plot(range(1, len(curve) + 1), curve, label=FAMILY_NAMES.get(f, f))
+    ax.axhline(unigram, color="gray", ls=":", label="unigram")
+    ax.set_xscale("log")
+    ax.set_xlabel("position in the validation window (tokens)")
+    ax.set_ylabel("mean next-token loss (nats)")
+    ax.set_title("context usage: loss by position (NL Fig. 10)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "context.png", dpi=120)
+    plt.close(fig)
+    return ["loss.png", "context.png"]
+
+
+def _unigram(job: MainJob) -> tuple[float, int]:
+    """Unigram loss over exactly the validation targets the models are scored on."""
+    from itertools import islice
+
+    from nestlearn.data import eval_windows, prepare_data
+    from nestlearn.eval import unigram_log_probs, unigram_loss
+    from nestlearn.train import apply_overrides, get_recipe
+
+    config = apply_overrides(get_recipe(job.recipe, family=job.families[0]),
+                             job.overrides(job.families[0]))
+    d = config.data
+    data = prepare_data(d.sources, tokenizer=d.tokenizer, vocab_size=d.vocab_size,
+                        cache_dir=d.cache_dir, progress=False)
+    log_probs = unigram_log_probs(data.train, data.tokenizer.vocab_size)
+    windows = islice(eval_windows(data.validation, seq_len=d.seq_len, batch_size=d.batch_size),
+                     job.eval_batches)
+    targets = [b.targets for b in windows]
+    return unigram_loss(log_probs, targets), sum(t.numel() for t in targets)
+
+
+def run_main_job(job: MainJob, *, progress: bool = True) -> Path:
+    """Train, evaluate and report (see the module docstring); returns the report's path."""
+    import torch
+
+    from nestlearn.cli import _load_run
+    from nestlearn.data import prepare_data
+    from nestlearn.models import format_levels
+    from nestlearn.train import apply_overrides, get_recipe
+
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    # Tokenize once here (BPE training on the first run), so the lanes only read the cache.
+    d = apply_overrides(get_recipe(job.recipe, family=job.families[0]),
+                        job.overrides(job.families[0])).data
+    data = prepare_data(d.sources, tokenizer=d.tokenizer, vocab_size=d.vocab_size,
+                        cache_dir=d.cache_dir, progress=progress)
+    prep_s = time.monotonic() - t0
+    print(f"[main] corpus {', '.join(d.sources)}: {len(data.train):,} training / "
+          f"{len(data.validation):,} validation tokens ({d.tokenizer} {data.tokenizer.vocab_size}); training "
+          f"{', '.join(job.families)} for {job.steps} steps x {job.batch_size * job.seq_len:,} "
+          f"tokens in {job.lanes} lane(s); logs in {out / 'runs'}/<family>/train.log", flush=True)
+
+    t1 = time.monotonic()
+    status = _train_all(job, progress=progress)
+    train_s = time.monotonic() - t1
+    unigram, scored = _unigram(job)
+
+    results: dict[str, Any] = {
+        "job": asdict(job), "tokens_per_step": job.batch_size * job.seq_len,
+        "unigram_val_loss": unigram, "unigram_val_ppl": math.exp(unigram),
+        "scored_tokens": scored, "data_prep_s": prep_s, "train_wall_s": train_s,
+        "torch": torch.__version__, "models": {}}
+    levels = None
+    for f in job.families:
+        run_dir = out / "runs" / f
+        ev = json.loads((run_dir / "eval_validation.json").read_text())
+        train_curve, val_curve, rates = _metrics(run_dir)
+        _, model, tokenizer, _ = _load_run(run_dir)
+        if f == "hope":
+            levels = format_levels(model.levels())
+        results["models"][f] = {
+            "name": FAMILY_NAMES.get(f, f), "parameters": sum(p.numel() for p in model.parameters()),
+            "status": status.get(f, "reused"), "steps": train_curve[-1][0] if train_curve else 0,
+            "final_train_loss": train_curve[-1][1] if train_curve else float("nan"),
+            "val_loss": ev["loss"], "val_ppl": ev["perplexity"], "eval_tokens": ev["tokens"],
+            "tokens_per_s": sorted(rates)[len(rates) // 2] if rates else float("nan"),
+            "train_curve": train_curve, "val_curve": val_curve,
+            "per_position": ev["per_position"], "weights": ev["weights"],
+            "sample": _sample(model, tokenizer, job.prompt, job.sample_tokens),
+        }
+    results["total_s"] = time.monotonic() - t0
+    plots = _plots(out, results, unigram)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    report = out / "report.md"
+    report.write_text(_report(job, results, levels, plots))
+    return report
+
+
+def _report(job: MainJob, r: dict[str, Any], levels: str | None, plots: list[str]) -> str:
+    tok = r["tokens_per_step"]
+    lines = [
+        "# nestlearn main job: tiny HOPE vs Transformer++ vs Titans on the bundled corpus", "",
+        f"Each model: the `{job.recipe}` recipe (equal parameter count), {job.steps} AdamW steps of "
+        f"{job.batch_size} x {job.seq_len} = {tok:,} tokens ({job.steps * tok:,} tokens), lr "
+        f"{job.lr} with {job.warmup_steps} warm-up steps then cosine, float32, "
+        f"{job.lanes} process(es) x {job.threads} thread(s). Validation: the first "
+        f"{job.eval_batches * job.batch_size} windows of {job.seq_len} tokens of the validation "
+        f"split ({r['scored_tokens']:,} scored tokens, the same for every row).", "",
+        "| model | parameters | steps | train loss | val loss | val ppl | train tokens/s "
+        "(1 thread) | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for m in r["models"].values():
+        lines.append(f"| {m['name']} | {m['parameters']:,} | {m['steps']} | "
+                     f"{m['final_train_loss']:.3f} | {m['val_loss']:.3f} | {m['val_ppl']:.1f} | "
+                     f"{m['tokens_per_s']:,.0f} | {m['status']} |")
+    lines.append(f"| unigram (train-split frequencies, add-one) | - | - | - | "
+                 f"{r['unigram_val_loss']:.3f} | {r['unigram_val_ppl']:.1f} | - | fitted |")
+    lines += ["", f"Wall clock: data {r['data_prep_s']:.0f} s, training + evaluation "
+              f"{r['train_wall_s'] / 60:.1f} min, total {r['total_s'] / 60:.1f} min.", ""]
+    if any(m["status"] != "trained" for m in r["models"].values()):
+        lines += ["Rows whose status is not `trained` did not train the full budget in this "
+                  "invocation (`reused`: a finished run from an earlier invocation; `stopped`: "
+                  "the time limit ended it, and it was evaluated from its last checkpoint).", ""]
+    lines += ["Reading: this is a CPU-sized sketch of the paper's Table 2 (arXiv 2512.24695), "
+              "not a reproduction of it: a few hundred thousand tokens instead of 15-100B, "
+              "5.5M parameters instead of 340M-1.3B. What it shows is that every model learns "
+              "the corpus well beyond the unigram floor; at this budget the ranking between "
+              "the architectures is not yet informative.", ""]
+    for name in plots:
+        lines += [f"![{name}]({name})", ""]
+    if levels:
+        lines += ["## HOPE's levels (decision D1)", "",
+                  "Every part that learns, with its update period; the optimizer is the slowest "
+                  "level.", "", levels, ""]
+    lines += ["## Samples", "",
+              f"Prompt `{job.prompt}`, {job.sample_tokens} tokens, temperature 0.8, top-k 40, "
+              "seed 0.", ""]
+    for m in r["models"].values():
+        lines += [f"**{m['name']}**", "", "```", m["sample"].strip(), "```", ""]
+    lines += ["## Reproduce", "", "```bash", "bash scripts/main.sh            # = nestlearn main",
+              "nestlearn eval runs/main/runs/hope     # full validation split",
+              "nestlearn generate runs/main/runs/hope --prompt 'ROMEO:'", "```", "",
+              "Numbers: `results.json`; training logs: `runs/<family>/train.log`, "
+              "`metrics.jsonl`.", ""]
+    return "\n".join(lines)
