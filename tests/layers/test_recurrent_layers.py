@@ -149,6 +149,38 @@ def test_causal_conv_streams():
     _close(y, manual, "depthwise causal conv")
 
 
+@pytest.mark.parametrize("K", [1, 2, 4])
+def test_short_causal_conv_equals_conv1d(K):
+    """Short inputs (a chunk) take ``_ShortCausalConv`` (shifted multiply-adds, hand-written
+    backward), long ones ``conv1d``: both give the same outputs and gradients (into the input, the
+    carried state and the taps), and the short path passes gradcheck and gradgradcheck."""
+    from nestlearn.layers.conv import _SHORT, _ShortCausalConv
+
+    g = torch.Generator().manual_seed(K)
+    C, T = 6, 5
+    assert T <= _SHORT
+    xp = torch.randn(2, T + K - 1, C, generator=g, dtype=DT, requires_grad=True)
+    w = torch.randn(C, 1, K, generator=g, dtype=DT, requires_grad=True)
+    y = _ShortCausalConv.apply(xp, w)
+    ref = xp[:, K - 1:] + torch.nn.functional.conv1d(xp.transpose(1, 2), w,
+                                                     groups=C).transpose(1, 2)
+    _close(y, ref, "outputs")
+    cot = torch.randn(y.shape, generator=g, dtype=DT)
+    for a, b, n in zip(torch.autograd.grad(y, (xp, w), cot), torch.autograd.grad(ref, (xp, w), cot),
+                       ("input", "taps")):
+        assert b.abs().max() > 0
+        _close(a, b, f"d/d{n}")
+    assert torch.autograd.gradcheck(_ShortCausalConv.apply, (xp, w))
+    assert torch.autograd.gradgradcheck(_ShortCausalConv.apply, (xp, w))
+    # the layer picks the path by length; a long input through conv1d streams into a short one
+    conv = CausalDepthwiseConv(C, K).to(DT)
+    x = torch.randn(1, _SHORT + 3, C, generator=g, dtype=DT)
+    y_full, _ = conv(x)
+    y1, s = conv(x[:, :_SHORT + 1])
+    y2, _ = conv(x[:, _SHORT + 1:], state=s)
+    _close(torch.cat([y1, y2], 1), y_full, "long then short")
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [
