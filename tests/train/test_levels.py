@@ -1,5 +1,7 @@
 """The slow CMS level is updated only every P optimizer steps, with its summed gradients."""
 
+import math
+
 import torch
 from conftest import debug_config
 from safetensors.torch import load_file
@@ -36,3 +38,14 @@ def test_slow_level_changes_only_every_p_steps(tmp_path, debug_overrides):
         assert changed == ((step + 1) % 4 == 0), f"slow level at step {step + 1}"
         assert not torch.equal(before[fast], after[fast])
         assert not torch.equal(before["lm_head.weight"], after["lm_head.weight"])
+
+
+def test_in_context_level_trains_on_a_stream(tmp_path, debug_overrides):
+    """data.mode=stream carries the in-context level's fast weights (detached) into the next
+    window; its inner gradient must still be taken there (regression: it raised at step 2)."""
+    extra = ["train.steps=3", "train.checkpoint_every=0", "train.eval_every=0",
+             "data.mode=stream", "model.cms_hidden_sizes=[64,64,64]",
+             "model.cms_periods=[0,16,1024]", "model.cms_inner_lrs=[0.0,0.1,0.0]"]
+    result = train(debug_config(debug_overrides, tmp_path / "run", *extra), progress=False)
+    assert result.step == 3 and len(result.losses) == 3
+    assert all(math.isfinite(x) for x in result.losses)

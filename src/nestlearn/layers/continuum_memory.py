@@ -192,6 +192,10 @@ class ContinuumMemory(nn.Module):
             if fast[i] is None:
                 fast[i] = tuple(_maybe_leaf(w.expand(batch, *w.shape), leaf)
                                 for w in self.levels[i].weights())
+            elif not all(w.requires_grad for w in fast[i]):
+                # carried in from a detached state (truncated backpropagation across windows,
+                # data.mode=stream): a fresh leaf, so the inner gradient can still be taken
+                fast[i] = tuple(_maybe_leaf(w, True) for w in fast[i])
             flat.extend(fast[i])
         return CMSState(tuple(fast), state.grad_sum, state.position), flat
 
