@@ -196,3 +196,18 @@ def test_smt_invalid_config(kwargs, match):
     kw = dict(d_model=D, num_heads=H) | kwargs
     with pytest.raises(ValueError, match=match):
         SelfModifyingTitans(kw.pop("d_model"), kw.pop("num_heads"), **kw)
+
+
+def test_silu_grad_times_matches_formula():
+    """``_SiluGradTimes(g, h) = g * silu'(h)`` (the SMT layer's fused hidden-layer error): values
+    equal the elementwise formula, gradients pass gradcheck and, through the differentiable
+    backward, gradgradcheck (HOPE's second-order meta-gradient needs it)."""
+    from nestlearn.layers.self_modifying_titans import _SiluGradTimes
+
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(3, 5, generator=gen, dtype=DT, requires_grad=True)
+    h = (3 * torch.randn(3, 5, generator=gen, dtype=DT)).requires_grad_()
+    s = torch.sigmoid(h)
+    _close(_SiluGradTimes.apply(g, h), g * (s + h * s * (1 - s)), "g * silu'(h)")
+    assert torch.autograd.gradcheck(_SiluGradTimes.apply, (g, h))
+    assert torch.autograd.gradgradcheck(_SiluGradTimes.apply, (g, h))

@@ -17,6 +17,7 @@ Dimension legend: see ``_core``; N chunks in a group, L tokens per chunk.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -169,10 +170,15 @@ class _Coeffs:
 def _seg_exp(cum: Tensor) -> Tensor:
     """``[..., L]`` cumulative log-sums -> ``[..., L, L]`` with ``[t, s] = exp(cum_t - cum_s)`` for
     ``s <= t`` (the product of the factors ``s+1..t``) and 0 above the diagonal."""
-    L = cum.shape[-1]
     diff = cum[..., :, None] - cum[..., None, :]
-    mask = torch.ones(L, L, dtype=torch.bool, device=cum.device).tril()
-    return diff.masked_fill(~mask, float("-inf")).exp()
+    return diff.masked_fill(_above_diagonal(cum.shape[-1], cum.device), float("-inf")).exp()
+
+
+@functools.lru_cache(maxsize=16)
+def _above_diagonal(L: int, device: torch.device) -> Tensor:
+    """The ``[L, L]`` bool mask of ``s > t`` (cached: a chunk's coefficients are a few small ops
+    and each op's dispatch counts)."""
+    return torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
 
 
 def chunk_coefficients(log_alpha, log_beta, eta, k, *, dgd: bool, per_token: bool) -> _Coeffs:
@@ -180,30 +186,30 @@ def chunk_coefficients(log_alpha, log_beta, eta, k, *, dgd: bool, per_token: boo
     amat = _seg_exp(la)  # [t, s] = alpha_{s,t} = prod_{j=s+1..t} alpha_j
     a_end = amat[..., -1, :]  # alpha_{s,L}
     e = a_end  # e_i = sum_s alpha_{s,L} B_{s,i}; B = I without momentum
-    bmat = None
+    bmat = E = None
     if log_beta is not None:
         lb = log_beta.cumsum(-1)
         bmat = _seg_exp(lb)  # [s, i] = B_{s,i} = prod_{j=i+1..s} beta_j
         b0 = lb.exp()  # B_{s,0}
-        e = (a_end[..., :, None] * bmat).sum(-2)
+        E = a_end[..., :, None] * bmat  # E[s, i] = B_{s,i} alpha_{s,L}
+        e = E.sum(-2)
     co = _Coeffs(decay_total=la[..., -1].exp(), eta_e=eta * e, eta=eta)
     if bmat is not None:
         co.mom_r = (a_end * b0).sum(-1)
         co.mom_total = b0[..., -1]
         co.eta_b = eta * bmat[..., -1, :]
     if dgd:
-        L = la.shape[-1]
         # E[s, i] = B_{s,i} alpha_{s,L};  F[i, j] = sum_{s=i}^{j-1} E[s, i]  (README eq. 4.6)
-        E = torch.diag_embed(a_end) if bmat is None else a_end[..., :, None] * bmat
-        cum_e = E.cumsum(-2)
-        F_ji = torch.cat([torch.zeros_like(cum_e[..., :1, :]), cum_e[..., :-1, :]], dim=-2)
+        if E is None:
+            E = torch.diag_embed(a_end)
+        F_ji = E.cumsum(-2) - E  # [j, i]: the cumulative sum over s < j
         kk_upper = (k @ k.transpose(-1, -2)).triu(1)  # [i, j] = k_i . k_j for j > i
         gamma = eta / log_alpha.exp()  # eta' / alpha
-        eye = torch.eye(L, dtype=k.dtype, device=k.device)
+        # (I + diag(gamma) triu(K K^T, 1)) Z = diag(gamma) K; unitriangular: the solver takes the
+        # diagonal as ones and never reads it, so the identity need not be added
         z = torch.linalg.solve_triangular(
-            eye + gamma[..., :, None] * kk_upper, gamma[..., None] * k, upper=True,
-            unitriangular=True,
-        )  # (I + diag(gamma) triu(K K^T, 1)) Z = diag(gamma) K
+            gamma[..., :, None] * kk_upper, gamma[..., None] * k, upper=True, unitriangular=True,
+        )
         y = e[..., None] * k - (kk_upper * F_ji.transpose(-1, -2)) @ z
         co.dgd_z = z
         co.dgd_y = eta[..., None] * y
