@@ -52,7 +52,7 @@ class MainJob:
     """Optimizer steps per model (x ``batch_size`` x ``seq_len`` tokens)."""
     seq_len: int = 256
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup_steps: int = 20
     eval_batches: int = 16
     """Validation windows scored: ``eval_batches`` x ``batch_size`` windows of ``seq_len``."""
@@ -142,10 +142,14 @@ class _Lane(threading.Thread):
                 cmd = [sys.executable, "-m", "nestlearn", "train", self.job.recipe, "--family", family,
                        "--quiet", "--set", *self.job.overrides(family)]
                 code = self._run(cmd, log)
-                if code not in (0, 130):
+                diverged = _diverged(log)
+                if code not in (0, 130) and diverged is None:
                     raise RuntimeError(f"training {family} failed (exit {code}); see {log}:\n"
                                        + _tail(log))
-                self.status[family] = "stopped (time limit)" if code == 130 else "trained"
+                self.status[family] = ("trained" if code == 0 else "stopped (time limit)"
+                                       if code == 130 else f"diverged ({diverged})")
+                if code not in (0, 130) and not (run_dir / "checkpoints").is_dir():
+                    continue  # diverged before its first checkpoint: nothing to evaluate
                 cmd = [sys.executable, "-m", "nestlearn", "eval", str(run_dir), "--quiet",
                        "--max-batches", str(self.job.eval_batches),
                        "--out", str(run_dir / "eval_validation.json")]
@@ -153,6 +157,13 @@ class _Lane(threading.Thread):
                     raise RuntimeError(f"evaluating {family} failed; see {log}:\n" + _tail(log))
         except Exception as err:  # noqa: BLE001 - reported by the main thread
             self.error = str(err)
+
+
+def _diverged(log: Path) -> str | None:
+    """The loop's non-finite-loss message in a training log (the run stopped there), if any."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines()
+             if "FloatingPointError: training loss is" in ln]
+    return lines[-1].split("FloatingPointError: ", 1)[1].strip() if lines else None
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -227,6 +238,8 @@ def _metrics(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, fl
 def _sample(model, tokenizer, prompt: str, tokens: int) -> str:
     import torch
 
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return "(no sample: the evaluated weights are not finite)"
     ids = [tokenizer.eot_id, *tokenizer.encode(prompt)]
     torch.manual_seed(0)
     with torch.no_grad():
@@ -246,6 +259,8 @@ def _plots(out: Path, results: dict[str, Any], unigram: float) -> list[str]:
         return []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for f, r in results["models"].items():
+        if not r["train_curve"]:
+            continue
         steps, losses = zip(*r["train_curve"], strict=True)
         line, = ax.plot(steps, losses, label=f"{FAMILY_NAMES.get(f, f)} (train)", alpha=0.8)
         if r["val_curve"]:
@@ -264,6 +279,8 @@ def _plots(out: Path, results: dict[str, Any], unigram: float) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for f, r in results["models"].items():
         curve = r["per_position"]
+        if not all(math.isfinite(x) for x in curve):
+            continue
         ax.plot(range(1, len(curve) + 1), curve, label=FAMILY_NAMES.get(f, f))
     ax.axhline(unigram, color="gray", ls=":", label="unigram")
     ax.set_xscale("log")
@@ -334,6 +351,9 @@ def run_main_job(job: MainJob, *, progress: bool = True) -> Path:
     levels = None
     for f in job.families:
         run_dir = out / "runs" / f
+        if not (run_dir / "eval_validation.json").is_file():
+            results["failed"] = {**results.get("failed", {}), f: status.get(f, "no result")}
+            continue
         ev = json.loads((run_dir / "eval_validation.json").read_text())
         train_curve, val_curve, rates = _metrics(run_dir)
         _, model, tokenizer, _ = _load_run(run_dir)
@@ -375,14 +395,17 @@ def _report(job: MainJob, r: dict[str, Any], levels: str | None, plots: list[str
         lines.append(f"| {m['name']} | {m['parameters']:,} | {m['steps']} | "
                      f"{m['final_train_loss']:.3f} | {m['val_loss']:.3f} | {m['val_ppl']:.1f} | "
                      f"{m['tokens_per_s']:,.0f} | {m['status']} |")
+    for f, why in r.get("failed", {}).items():
+        lines.append(f"| {FAMILY_NAMES.get(f, f)} | - | - | - | - | - | - | {why} |")
     lines.append(f"| unigram (train-split frequencies, add-one) | - | - | - | "
                  f"{r['unigram_val_loss']:.3f} | {r['unigram_val_ppl']:.1f} | - | fitted |")
     lines += ["", f"Wall clock: data {r['data_prep_s']:.0f} s, training + evaluation "
               f"{r['train_wall_s'] / 60:.1f} min, total {r['total_s'] / 60:.1f} min.", ""]
-    if any(m["status"] != "trained" for m in r["models"].values()):
+    if r.get("failed") or any(m["status"] != "trained" for m in r["models"].values()):
         lines += ["Rows whose status is not `trained` did not train the full budget in this "
                   "invocation (`reused`: a finished run from an earlier invocation; `stopped`: "
-                  "the time limit ended it, and it was evaluated from its last checkpoint).", ""]
+                  "the time limit ended it; `diverged`: the loss became non-finite; the last "
+                  "two are evaluated from their last checkpoint).", ""]
     lines += ["Reading: this is a CPU-sized sketch of the paper's Table 2 (arXiv 2512.24695), "
               "not a reproduction of it: a few hundred thousand tokens instead of 15-100B, "
               "5.5M parameters instead of 340M-1.3B. What it shows is that every model learns "
