@@ -10,6 +10,8 @@ Each case runs in its own subprocess, so peak memory belongs to that case alone.
 
     python benchmarks/models.py                 # everything (tens of minutes on 2 cores)
     python benchmarks/models.py --quick         # T = 512 and 2048, contexts 256 and 2048
+    python benchmarks/models.py --families transformer hope --lengths 2048 8192 --contexts
+                                                # training at T = 2048 and 8192 only
 
 Prints tables and writes ``models.json`` and ``models.png`` to ``--out``.
 """
@@ -100,6 +102,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--families", nargs="+", default=list(FAMILIES))
+    p.add_argument("--lengths", type=int, nargs="+", default=None,
+                   help="training sequence lengths (default 512 2048 8192; --quick: 512 2048)")
+    p.add_argument("--contexts", type=int, nargs="*", default=None,
+                   help="decoding contexts (default 1024 16384; --quick: 256 2048); "
+                        "give none to skip decoding")
+    p.add_argument("--steps", type=int, default=2, help="timed training steps (min is kept)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     p.add_argument("--case", nargs=4, metavar=("KIND", "FAMILY", "LENGTH", "STEPS"),
                    help=argparse.SUPPRESS)
@@ -110,9 +118,11 @@ def main(argv=None) -> int:
         return 0
     from tqdm import tqdm
 
-    lengths = [512, 2048] if args.quick else [512, 2048, 8192]
-    contexts = [256, 2048] if args.quick else [1024, 16384]
-    jobs = [("train", f, T, 2) for T in lengths for f in args.families]
+    lengths = args.lengths or ([512, 2048] if args.quick else [512, 2048, 8192])
+    contexts = args.contexts
+    if contexts is None:
+        contexts = [256, 2048] if args.quick else [1024, 16384]
+    jobs = [("train", f, T, args.steps) for T in lengths for f in args.families]
     jobs += [("decode", f, c, 8) for c in contexts for f in args.families]
     rows = []
     for kind, family, length, steps in tqdm(jobs, desc="models benchmark", unit="case"):
@@ -140,28 +150,29 @@ def _tables(rows, lengths, contexts, families) -> str:
                 return r
         return None
 
-    lines = [f"Training, tiny presets, {TOKENS_PER_STEP} tokens per step (forward+backward):",
-             f"{'family':<16}" + "".join(f"{'T=' + str(T) + ' tok/s':>16}{'peak MB':>9}"
-                                         for T in lengths) + f"{'vs transformer @2048':>22}"]
+    lines = [f"Training, tiny presets, {TOKENS_PER_STEP} tokens per step (forward+backward); "
+             "'vs tf': tokens/s relative to transformer at the same T:",
+             f"{'family':<16}" + "".join(f"{'T=' + str(T) + ' tok/s':>16}{'peak MB':>9}{'vs tf':>7}"
+                                         for T in lengths)]
     for fam in families:
         cells = ""
         for T in lengths:
-            r = get("train", fam, "T", T)
-            cells += (f"{r['tokens_per_s']:>16.0f}{r['peak_rss_mb']:>9.0f}" if r
-                      else f"{'error':>16}{'':>9}")
-        r, ref = get("train", fam, "T", 2048), get("train", "transformer", "T", 2048)
-        ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if r and ref else "-"
-        lines.append(f"{fam:<16}{cells}{ratio:>22}")
-    lines += ["", "Decoding (batch 1, greedy, after a context):",
-              f"{'family':<16}" + "".join(f"{'ctx=' + str(c) + ' tok/s':>17}{'cache MB':>10}"
-                                          f"{'peak MB':>9}" for c in contexts)]
-    for fam in families:
-        cells = ""
-        for c in contexts:
-            r = get("decode", fam, "context", c)
-            cells += (f"{r['tokens_per_s']:>17.1f}{r['cache_mb']:>10.2f}{r['peak_rss_mb']:>9.0f}"
-                      if r else f"{'error':>17}{'':>10}{'':>9}")
+            r, ref = get("train", fam, "T", T), get("train", "transformer", "T", T)
+            ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if r and ref else "-"
+            cells += (f"{r['tokens_per_s']:>16.0f}{r['peak_rss_mb']:>9.0f}{ratio:>7}" if r
+                      else f"{'error':>16}{'':>9}{'':>7}")
         lines.append(f"{fam:<16}{cells}")
+    if contexts:
+        lines += ["", "Decoding (batch 1, greedy, after a context):",
+                  f"{'family':<16}" + "".join(f"{'ctx=' + str(c) + ' tok/s':>17}{'cache MB':>10}"
+                                              f"{'peak MB':>9}" for c in contexts)]
+        for fam in families:
+            cells = ""
+            for c in contexts:
+                r = get("decode", fam, "context", c)
+                cells += (f"{r['tokens_per_s']:>17.1f}{r['cache_mb']:>10.2f}{r['peak_rss_mb']:>9.0f}"
+                          if r else f"{'error':>17}{'':>10}{'':>9}")
+            lines.append(f"{fam:<16}{cells}")
     errors = [r for r in rows if "error" in r]
     lines += [f"error: {r['kind']} {r['family']} {r['length']}: {r['error']}" for r in errors]
     return "\n".join(lines)
@@ -189,7 +200,8 @@ def _plot(rows, families, path: Path) -> None:
             title="decoding state size")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_lines():  # the decoding panel is empty when decoding was skipped
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
