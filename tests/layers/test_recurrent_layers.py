@@ -21,6 +21,8 @@ LAYERS = {
     "smt-gd-adaptive-q": lambda: SelfModifyingTitans(
         D, H, chunk_size=4, proj_chunk_size=4, rule="gd", q_projection="adaptive",
         momentum="none", retention="none"),
+    "smt-huber": lambda: SelfModifyingTitans(D, H, chunk_size=4, proj_chunk_size=4,
+                                             objective="huber", huber_delta=0.3, eta_max=1.0),
     "titans-mlp": lambda: TitansMemory(D, H, chunk_size=4),
     "titans-linear-per-token": lambda: TitansMemory(D, H, chunk_size=4, memory="linear",
                                                     read="per_token"),

@@ -23,6 +23,8 @@ RULES = [
     Rule("residual_mlp", "l2", "gd", "per_token", momentum=True, retention=True),
     Rule("residual_mlp", "dot", "gd", "chunk_start", momentum=False, retention=True),
     Rule("mlp", "l2", "dgd", "chunk_start", momentum=False, retention=True),
+    Rule("residual_mlp", "huber", "dgd", "chunk_start", momentum=True, retention=True),
+    Rule("linear", "huber", "gd", "per_token", momentum=True, retention=True),
 ]
 CHUNKS = [1, 2, 16]
 
@@ -170,7 +172,7 @@ def test_dgd_online_is_the_proximal_step():
 
 
 @pytest.mark.parametrize("memory", ["linear", "mlp", "residual_mlp"])
-@pytest.mark.parametrize("objective", ["dot", "l2"])
+@pytest.mark.parametrize("objective", ["dot", "l2", "huber"])
 def test_closed_form_inner_gradient_matches_autograd(memory, objective):
     B, H, L, D, Dh = 2, 3, 5, 4, 6
     k, v = torch.randn(B, H, L, D, dtype=DT), torch.randn(B, H, L, D, dtype=DT)
@@ -224,7 +226,7 @@ def _base():
         (dict(chunk_size=0), "chunk_size"),
         (dict(chunk_size=2.0), "chunk_size"),
         (dict(memory="deep"), "memory"),
-        (dict(objective="huber"), "objective"),
+        (dict(objective="cauchy"), "objective"),
         (dict(rule="adam"), "rule"),
         (dict(read="last"), "read"),
         (dict(write_grad="none"), "write_grad"),
@@ -255,3 +257,36 @@ def test_non_tensor_input_raises_type_error():
     kw = _base()
     with pytest.raises(TypeError, match="q must be a torch.Tensor"):
         memory_chunked([[1.0]], kw["k"], kw["v"], kw["lr"])
+
+
+def test_huber_step_caps_the_error_norm():
+    """One huber step of a linear memory: W - lr * e min(1, delta/||e||) k^T (independent form)."""
+    from nestlearn.memory import MemoryState, memory_chunked
+
+    g = torch.Generator().manual_seed(3)
+    B, H, D = 1, 2, 4
+    k = torch.nn.functional.normalize(torch.randn(B, 1, H, D, generator=g, dtype=torch.float64), dim=-1)
+    v = 3 * torch.randn(B, 1, H, D, generator=g, dtype=torch.float64)
+    lr = torch.full((B, 1, H), 0.5, dtype=torch.float64)
+    W0 = torch.randn(B, H, D, D, generator=g, dtype=torch.float64)
+    _, st = memory_chunked(k, k, v, lr, objective="huber", huber_delta=0.7, chunk_size=1,
+                           initial_state=MemoryState(weights=(W0,)))
+    e = torch.einsum("bhij,bhj->bhi", W0, k[:, 0]) - v[:, 0]
+    n = e.norm(dim=-1, keepdim=True)
+    assert bool((n > 0.7).all())  # the cap is active in this case
+    expected = W0 - 0.5 * torch.einsum("bhi,bhj->bhij", e * (0.7 / n), k[:, 0])
+    torch.testing.assert_close(st.weights[0], expected)
+    # a cap above every error is the l2 objective
+    _, st_l2 = memory_chunked(k, k, v, lr, objective="l2", chunk_size=1,
+                              initial_state=MemoryState(weights=(W0,)))
+    _, st_big = memory_chunked(k, k, v, lr, objective="huber", huber_delta=1e6, chunk_size=1,
+                               initial_state=MemoryState(weights=(W0,)))
+    torch.testing.assert_close(st_big.weights[0], st_l2.weights[0], rtol=0, atol=0)
+
+
+def test_huber_delta_must_be_positive():
+    from nestlearn.memory import memory_chunked
+
+    x = torch.randn(1, 2, 1, 3)
+    with pytest.raises(ValueError, match="huber_delta"):
+        memory_chunked(x, x, x, torch.ones(1, 2, 1), objective="huber", huber_delta=0.0)

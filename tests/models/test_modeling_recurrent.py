@@ -237,11 +237,19 @@ def test_tiny_presets_match_transformer_parameter_count(family):
     "field,value",
     [("variant", "hopeless"), ("hidden_size", 15), ("chunk_size", 0), ("smt_rule", "adam"),
      ("cms_variant", "parallel"), ("cms_periods", [4]), ("cms_inner_lrs", [0.1, -1.0]),
-     ("eta_max", 0.0), ("cms_meta_grad", "third_order"), ("q_projection", "dynamic")],
+     ("eta_max", 0.0), ("cms_meta_grad", "third_order"), ("q_projection", "dynamic"),
+     ("smt_objective", "cauchy"), ("smt_huber_delta", -1.0)],
 )
 def test_invalid_hope_config_raises_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         HopeConfig(**{**SMALL, field: value})
+
+
+def test_eta_max_defaults_to_one_over_the_larger_chunk():
+    assert HopeConfig(**{**SMALL, "chunk_size": 8, "proj_chunk_size": 4}).eta_max == 1 / 8
+    assert HopeConfig(**{**SMALL, "eta_max": 0.5}).eta_max == 0.5
+    # the resolved value is saved, so a reloaded model has the same bound
+    assert HopeConfig.from_dict(HopeConfig(**SMALL).to_dict()).eta_max == HopeConfig(**SMALL).eta_max
 
 
 def test_in_context_level_needs_a_period():

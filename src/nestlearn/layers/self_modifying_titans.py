@@ -97,12 +97,16 @@ class SelfModifyingTitans(nn.Module):
         chunk_size: chunk size of the main memory (D6).
         proj_chunk_size: chunk size shared by the projection memories (D6).
         conv_size: window of the causal depthwise convolutions on q, k, v.
-        eta_max: upper bound of the inner learning rate (``eta = eta_max sigmoid(.)``).
+        eta_max: upper bound of the inner learning rate (``eta = eta_max sigmoid(.)``); default
+            ``1 / max(chunk_size, proj_chunk_size)`` (see ``HopeConfig.eta_max``).
         rule: ``"dgd"`` (D5) or ``"gd"`` (the "w/o DGD" ablation of NL Table 6).
         momentum: ``"learned"`` (D5) or ``"none"`` (the "w/o momentum" ablation).
         retention: ``"learned"`` or ``"none"`` (alpha = 1, the "w/o weight decay" ablation).
         q_projection: ``"static"`` (Eq. 83, default) or ``"adaptive"`` (a memory, Eq. 96).
         write_grad: ``"full"`` (D3) or ``"detach"`` (truncate backpropagation at chunk ends).
+        objective: the memories' inner objective, ``"l2"`` (Eq. 85-88) or ``"huber"`` (l2 with
+            each token's error norm capped at ``huber_delta``; see ``HopeConfig.smt_objective``).
+        huber_delta: the cap of ``objective="huber"``.
     """
 
     def __init__(
@@ -114,12 +118,14 @@ class SelfModifyingTitans(nn.Module):
         chunk_size: int = 16,
         proj_chunk_size: int = 16,
         conv_size: int = 4,
-        eta_max: float = 1.0,
+        eta_max: float | None = None,
         rule: Literal["dgd", "gd"] = "dgd",
         momentum: Literal["learned", "none"] = "learned",
         retention: Literal["learned", "none"] = "learned",
         q_projection: Literal["static", "adaptive"] = "static",
         write_grad: Literal["full", "detach"] = "full",
+        objective: Literal["l2", "huber"] = "l2",
+        huber_delta: float = 1.0,
     ) -> None:
         super().__init__()
         if d_model % num_heads:
@@ -129,6 +135,7 @@ class SelfModifyingTitans(nn.Module):
             ("retention", retention, ("learned", "none")),
             ("q_projection", q_projection, ("static", "adaptive")),
             ("write_grad", write_grad, ("full", "detach")),
+            ("objective", objective, ("l2", "huber")),
         ):
             if val not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {val!r}")
@@ -136,8 +143,13 @@ class SelfModifyingTitans(nn.Module):
                           ("proj_chunk_size", proj_chunk_size), ("conv_size", conv_size)):
             if not isinstance(val, int) or val < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
+        if eta_max is None:  # the chunk's summed step within one DGD step (HopeConfig.eta_max)
+            eta_max = 1.0 / max(chunk_size, proj_chunk_size)
         if not eta_max > 0:
             raise ValueError(f"eta_max must be > 0, got {eta_max}")
+        if not 0 < huber_delta < float("inf"):
+            raise ValueError(f"huber_delta must be a finite number > 0, got {huber_delta}")
+        self.objective, self.huber_delta = objective, float(huber_delta)
         self.d_model, self.num_heads = d_model, num_heads
         self.head_dim = d = d_model // num_heads
         self.hidden = h = expansion * d
@@ -297,7 +309,8 @@ class SelfModifyingTitans(nn.Module):
                 return update(
                     query if query is not None else k.repeat(1, 1, n, 1), k.repeat(1, 1, n, 1),
                     vhat, eta.repeat(1, 1, n), _rep(alpha, n), _rep(beta, n), memory=kind,
-                    objective="l2", rule=self.rule, chunk_size=chunk, read="chunk_start",
+                    objective=self.objective, huber_delta=self.huber_delta, rule=self.rule,
+                    chunk_size=chunk, read="chunk_start",
                     initial_state=mem_state, write_grad=self.write_grad,
                 )
 
@@ -414,6 +427,8 @@ class SelfModifyingTitans(nn.Module):
         yr = a_m[:, :, G:] @ c1r.mT  # [B, H, R, 2L, d]
         eg = yg[..., :L, :] - yg[..., L:, :]  # e = M(k) - v_hat  [B, H, G, L, 1]  (mlp)
         er = yr[..., :L, :] - yr[..., L:, :] + (k - v)[:, :, None]  # [B, H, R, L, d]  (residual)
+        if self.objective == "huber":  # capped error norms (memory/_core.huber_error)
+            eg, er = _core.huber_error(eg, self.huber_delta), _core.huber_error(er, self.huber_delta)
         hk = hkv[:, :, :L]  # [B, H, L, M*h]
         a_k = a_m[..., :L, :]  # [B, H, M, L, h]
         # dL/dh = (W1^T e) * silu'(h),  silu'(h) = s + a (1 - s)

@@ -22,13 +22,13 @@ from torch import Tensor
 from nestlearn.memory.state import MemoryState
 
 MemoryKind = Literal["linear", "mlp", "residual_mlp"]
-Objective = Literal["dot", "l2"]
+Objective = Literal["dot", "l2", "huber"]
 Rule = Literal["gd", "dgd"]
 Read = Literal["chunk_start", "per_token"]
 WriteGrad = Literal["full", "detach"]
 
 MEMORY_KINDS = ("linear", "mlp", "residual_mlp")
-OBJECTIVES = ("dot", "l2")
+OBJECTIVES = ("dot", "l2", "huber")
 RULES = ("gd", "dgd")
 READS = ("chunk_start", "per_token")
 WRITE_GRADS = ("full", "detach")
@@ -46,6 +46,7 @@ class Args:
     beta: Tensor | None  # [B, H, T] momentum factor, None = no momentum
     memory: MemoryKind
     objective: Objective
+    huber_delta: float
     rule: Rule
     chunk_size: int
     read: Read
@@ -81,7 +82,7 @@ def _finite(name: str, x: Tensor, *, positive: bool = False) -> None:
 
 def check_args(
     q, k, v, lr, alpha, beta, *, memory, objective, rule, chunk_size, read, initial_state,
-    write_grad,
+    write_grad, huber_delta=1.0,
 ) -> Args:
     """Validate the public arguments (``ValueError``/``TypeError`` naming the argument) and move
     them to the internal layout and compute dtype."""
@@ -90,6 +91,9 @@ def check_args(
     _choice("rule", rule, RULES)
     _choice("read", read, READS)
     _choice("write_grad", write_grad, WRITE_GRADS)
+    if isinstance(huber_delta, bool) or not isinstance(huber_delta, (int, float)) \
+            or not 0 < huber_delta < float("inf"):
+        raise ValueError(f"huber_delta must be a finite number > 0, got {huber_delta!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     if read == "per_token" and rule == "dgd":
@@ -142,7 +146,7 @@ def check_args(
     return Args(
         q=to_internal(q), k=to_internal(k), v=to_internal(v), lr=to_internal(lr),
         alpha=to_internal(alpha), beta=to_internal(beta), memory=memory, objective=objective,
-        rule=rule, chunk_size=chunk_size, read=read, write_grad=write_grad, state=state,
+        huber_delta=float(huber_delta), rule=rule, chunk_size=chunk_size, read=read, write_grad=write_grad, state=state,
         out_dtype=out_dtype,
     )
 
@@ -214,15 +218,29 @@ def apply_memory(memory: MemoryKind, weights: tuple[Tensor, ...], x: Tensor) -> 
     return x + y if memory == "residual_mlp" else y
 
 
-def objective_loss(objective: Objective, y: Tensor, v: Tensor) -> Tensor:
+def objective_loss(objective: Objective, y: Tensor, v: Tensor, delta: float = 1.0) -> Tensor:
     """The inner objective summed over every memory and token.
 
     dot (Hebbian, Eq. 14-18): ``-<M(k), v>``; l2 (delta rule, Titans Eq. 12): ``1/2 ||M(k) - v||^2``.
     The factor 1/2 makes the l2 step ``-lr (M k - v) k^T``, the delta rule with step ``lr``.
+    huber (Miras' robust attentional bias): ``1/2 ||e||^2`` for ``||e|| <= delta``, else
+    ``delta (||e|| - delta/2)``, per token, ``e = M(k) - v``: the l2 step with the error's norm
+    capped at ``delta`` (README section 1).
     """
     if objective == "dot":
         return -(y * v).sum()
+    if objective == "huber":
+        n2 = (y - v).pow(2).sum(-1)
+        linear = delta * (n2.clamp_min(delta * delta).sqrt() - 0.5 * delta)
+        return torch.where(n2 <= delta * delta, 0.5 * n2, linear).sum()
     return 0.5 * (y - v).pow(2).sum()
+
+
+def huber_error(e: Tensor, delta: float) -> Tensor:
+    """The gradient of the huber objective w.r.t. the memory's output: ``e`` with its norm
+    (over the last axis) capped at ``delta``."""
+    n2 = e.pow(2).sum(-1, keepdim=True)
+    return e * torch.where(n2 <= delta * delta, 1.0, delta / n2.clamp_min(delta * delta).sqrt())
 
 
 @dataclass
@@ -237,13 +255,16 @@ class InnerGrad:
 
 
 def inner_grad(
-    memory: MemoryKind, objective: Objective, weights: tuple[Tensor, ...], k: Tensor, v: Tensor
+    memory: MemoryKind, objective: Objective, weights: tuple[Tensor, ...], k: Tensor, v: Tensor,
+    delta: float = 1.0,
 ) -> InnerGrad:
     """Closed-form per-token gradients of the inner objective (derivation: README section 1)."""
     if memory == "linear":
         (W,) = weights
         p = k @ W.transpose(-1, -2)  # [..., L, Dv]
         e = -v if objective == "dot" else p - v
+        if objective == "huber":
+            e = huber_error(e, delta)
         return InnerGrad(us=(e,), xs=(k,), key_proj=p)
     W1, W2 = weights
     h = k @ W2.transpose(-1, -2)  # [..., L, Dh]
@@ -253,6 +274,8 @@ def inner_grad(
     else:
         y = a @ W1.transpose(-1, -2)
         e = (k + y if memory == "residual_mlp" else y) - v  # [..., L, Dv]
+        if objective == "huber":
+            e = huber_error(e, delta)
     dh = (e @ W1) * silu_grad(h)  # [..., L, Dh]
     return InnerGrad(us=(e, dh), xs=(a, k), key_proj=h)
 

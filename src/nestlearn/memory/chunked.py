@@ -42,6 +42,7 @@ def memory_chunked(
     *,
     memory: _core.MemoryKind = "linear",
     objective: _core.Objective = "l2",
+    huber_delta: float = 1.0,
     rule: _core.Rule = "gd",
     chunk_size: int = 16,
     read: _core.Read = "chunk_start",
@@ -59,8 +60,10 @@ def memory_chunked(
             momentum.
         memory: ``"linear"`` (a matrix, ``W k``), ``"residual_mlp"`` (Eq. 89,
             ``k + W1 silu(W2 k)``) or ``"mlp"`` (the same without the skip, any value width).
-        objective: ``"dot"`` (Hebbian ``-<M(k), v>``, Eq. 14-18) or ``"l2"``
-            (``1/2 ||M(k) - v||^2``, the delta rule).
+        objective: ``"dot"`` (Hebbian ``-<M(k), v>``, Eq. 14-18), ``"l2"``
+            (``1/2 ||M(k) - v||^2``, the delta rule) or ``"huber"`` (l2 with each token's error
+            norm capped at ``huber_delta``: bounded inner steps, Miras' robust objective).
+        huber_delta: the cap of ``objective="huber"`` (> 0; ignored otherwise).
         rule: ``"gd"`` (gradient descent, with momentum/retention when given) or ``"dgd"``
             (Delta Gradient Descent, Eq. 57/88: the input-side weight is right-multiplied by
             ``alpha I - eta' k k^T`` with ``eta' = eta / (1 + eta ||k||^2)``, which is also the
@@ -80,7 +83,8 @@ def memory_chunked(
         ``(o, state)``: reads ``[B, T, H, Dv]`` and the :class:`MemoryState` to continue from.
     """
     a = _core.check_args(
-        q, k, v, lr, alpha, beta, memory=memory, objective=objective, rule=rule,
+        q, k, v, lr, alpha, beta, memory=memory, objective=objective, huber_delta=huber_delta,
+        rule=rule,
         chunk_size=chunk_size, read=read, initial_state=initial_state, write_grad=write_grad,
     )
     st = a.state
@@ -120,7 +124,7 @@ def memory_chunked(
         for c_idx, (co_c, K_c, V_c) in enumerate(per_chunk):
             continuing = start == 0 and st.offset > 0  # head segment: W_c != W_prev
             Wc = st.chunk_start if continuing else W
-            grad = _core.inner_grad(memory, objective, Wc, K_c, V_c)
+            grad = _core.inner_grad(memory, objective, Wc, K_c, V_c, a.huber_delta)
             W_prev, S_prev = W, S
             W, S = _advance(memory, rule, W_prev, S_prev, grad, K_c, co_c,
                             same_start=not continuing)

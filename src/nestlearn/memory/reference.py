@@ -37,6 +37,7 @@ def memory_reference(
     *,
     memory: _core.MemoryKind = "linear",
     objective: _core.Objective = "l2",
+    huber_delta: float = 1.0,
     rule: _core.Rule = "gd",
     chunk_size: int = 16,
     read: _core.Read = "chunk_start",
@@ -45,7 +46,8 @@ def memory_reference(
 ) -> tuple[Tensor, MemoryState]:
     """Token-by-token reference; same signature and results as :func:`memory_chunked`."""
     a = _core.check_args(
-        q, k, v, lr, alpha, beta, memory=memory, objective=objective, rule=rule,
+        q, k, v, lr, alpha, beta, memory=memory, objective=objective, huber_delta=huber_delta,
+        rule=rule,
         chunk_size=chunk_size, read=read, initial_state=initial_state, write_grad=write_grad,
     )
     st = a.state
@@ -58,7 +60,8 @@ def memory_reference(
     w_in = _core.input_side(memory)
 
     def inner_loss(weights: tuple[Tensor, ...], k_t: Tensor, v_t: Tensor) -> Tensor:
-        return _core.objective_loss(objective, _core.apply_memory(memory, weights, k_t), v_t)
+        return _core.objective_loss(objective, _core.apply_memory(memory, weights, k_t), v_t,
+                                    huber_delta)
 
     inner_grad = torch.func.grad(inner_loss)
     outs = []

@@ -53,10 +53,21 @@ class HopeConfig(PreTrainedConfig):
             Chunk size of the projection memories (D6).
         conv_size (`int`, defaults to 4):
             Window of the causal depthwise convolutions on q, k, v.
-        eta_max (`float`, defaults to 1.0):
-            Upper bound of the memories' inner learning rate.
+        eta_max (`float`, *optional*):
+            Upper bound of the memories' inner learning rate (eta = eta_max sigmoid(.)). Default:
+            `1 / max(chunk_size, proj_chunk_size)`. Within a chunk every token's step is taken
+            at the chunk-start weights (Eq. 90), so up to C steps add up along similar keys; the
+            DGD normalisation (Eq. 57) keeps one token's step stable, and this bound keeps the
+            chunk's summed step within one such step. With eta_max = 1 and C = 16 the tiny
+            preset's self-modifying memories diverged after 40-70 training steps (their
+            weights grew from 0.3 to 1e11 within a few chunks; measured in the main job).
         smt_rule (`str`, defaults to `"dgd"`):
             Inner optimizer of the memories: `"dgd"` (D5) or `"gd"`.
+        smt_objective (`str`, defaults to `"l2"`):
+            The memories' inner objective: `"l2"` (Eq. 85-88) or `"huber"` (l2 with each
+            token's error norm capped at `smt_huber_delta`: bounded inner steps).
+        smt_huber_delta (`float`, defaults to 1.0):
+            The cap of `smt_objective="huber"`.
         smt_momentum (`str`, defaults to `"learned"`):
             `"learned"` or `"none"`.
         smt_retention (`str`, defaults to `"learned"`):
@@ -103,8 +114,10 @@ class HopeConfig(PreTrainedConfig):
     chunk_size: int = 16
     proj_chunk_size: int = 16
     conv_size: int = 4
-    eta_max: float = 1.0
+    eta_max: float | None = None
     smt_rule: str = "dgd"
+    smt_objective: str = "l2"
+    smt_huber_delta: float = 1.0
     smt_momentum: str = "learned"
     smt_retention: str = "learned"
     q_projection: str = "static"
@@ -137,6 +150,7 @@ class HopeConfig(PreTrainedConfig):
         if self.variant == "hope_attention" and (self.hidden_size // self.num_attention_heads) % 2:
             raise ValueError("hope_attention needs an even head width (RoPE rotates pairs)")
         check_choice("smt_rule", self.smt_rule, ("dgd", "gd"))
+        check_choice("smt_objective", self.smt_objective, ("l2", "huber"))
         check_choice("smt_momentum", self.smt_momentum, ("learned", "none"))
         check_choice("smt_retention", self.smt_retention, ("learned", "none"))
         check_choice("q_projection", self.q_projection, ("static", "adaptive"))
@@ -176,7 +190,9 @@ class HopeConfig(PreTrainedConfig):
                 f"in-context CMS levels must be listed fastest first (non-decreasing periods), "
                 f"got periods {ctx}"
             )
-        for name in ("eta_max", "rope_theta", "rms_norm_eps"):
+        if self.eta_max is None:  # chunk sizes were checked above
+            self.eta_max = 1.0 / max(self.chunk_size, self.proj_chunk_size)
+        for name in ("eta_max", "smt_huber_delta", "rope_theta", "rms_norm_eps"):
             check_number(name, getattr(self, name))
         if self.sliding_window is not None:
             check_positive_int("sliding_window", self.sliding_window)

@@ -63,7 +63,8 @@ class HopeBlock(nn.Module):
                 proj_chunk_size=config.proj_chunk_size, conv_size=config.conv_size,
                 eta_max=config.eta_max, rule=config.smt_rule, momentum=config.smt_momentum,
                 retention=config.smt_retention, q_projection=config.q_projection,
-                write_grad=config.write_grad,
+                write_grad=config.write_grad, objective=config.smt_objective,
+                huber_delta=config.smt_huber_delta,
             )
         else:
             self.mixer = Attention(D, num_heads=H, window=config.sliding_window,
