@@ -75,3 +75,20 @@ def test_generate_streams_text(trained_run, capsys):
 def test_bench_lists_the_benchmarks(capsys):
     assert cli.main(["bench", "--list"]) == 0
     assert "models" in capsys.readouterr().out.split()
+
+
+def test_metrics_are_written_for_tensorboard(trained_run):
+    """The training loss of every logged step is in the TensorBoard events, as in metrics.jsonl."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_run / "tensorboard"))
+    events.Reload()
+    logged = {r["step"]: r["loss"] for r in map(json.loads,
+              (trained_run / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    board = {e.step: e.value for e in events.Scalars("loss")}
+    assert set(board) == set(logged) and len(board) >= 6
+    for step, loss in logged.items():
+        assert abs(board[step] - loss) <= 1e-6 * abs(loss)
+    assert "val_loss" in events.Tags()["scalars"]
