@@ -44,17 +44,20 @@ def hope_levels(model) -> list[dict[str, Any]]:
         rule = "DGD" if cfg.smt_rule == "dgd" else "GD"
         rule += " + retention" if cfg.smt_retention == "learned" else ""
         rule += " + momentum" if cfg.smt_momentum == "learned" else ""
+        loss = ("l2" if getattr(cfg, "smt_objective", "l2") == "l2"
+                else f"l2, error norm capped at {cfg.smt_huber_delta:g} (huber),")
+        objective = f"{loss} to self-generated targets M(v) (Eq. 84-85)"
         rows.append(dict(
             name=f"SMT projection memories ({', '.join(proj)}) x {n_layers} layers",
             parameters=n_layers * _count(smt.vec_w1, smt.vec_w2, smt.gate_w1, smt.gate_w2),
             period=f"{cfg.proj_chunk_size} tokens",
-            objective="l2 to self-generated targets M(v) (Eq. 84-85)",
+            objective=objective,
             update=rule + " (Eq. 88)", reset="every sequence, to meta-learned initial state"))
         rows.append(dict(
             name=f"SMT main memory x {n_layers} layers",
             parameters=n_layers * _count(smt.main_w1, smt.main_w2),
             period=f"{cfg.chunk_size} tokens",
-            objective="l2 to self-generated targets M(v) (Eq. 84-85)",
+            objective=objective,
             update=rule + " (Eq. 88)", reset="every sequence, to meta-learned initial state"))
     else:
         rows.append(dict(
