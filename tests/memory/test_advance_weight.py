@@ -144,3 +144,21 @@ def test_chained_double_backward_equals_autograd(case):
             if b is not None:
                 torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9,
                                            msg=lambda m: f"order {order + 1}, input {i}: {m}")
+
+
+def test_cached_mask_made_in_inference_mode_still_trains():
+    """The chunk coefficients' cached triangle mask, first built under ``inference_mode`` (e.g.
+    generation), must not be an inference tensor that a later training step cannot save."""
+    from nestlearn.memory import memory_chunked
+    from nestlearn.memory.chunked import _above_diagonal
+
+    _above_diagonal.cache_clear()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 5, 2, 3, generator=g, dtype=DT) for _ in range(3))
+    lr = torch.full((1, 5, 2), 0.1, dtype=DT)
+    alpha = torch.full((1, 5, 2), 0.9, dtype=DT, requires_grad=True)
+    with torch.inference_mode():
+        memory_chunked(q, k, v, lr, alpha.detach(), chunk_size=4, rule="dgd")
+    o, _ = memory_chunked(q, k, v, lr, alpha, chunk_size=4, rule="dgd")
+    (grad,) = torch.autograd.grad(o.sum(), alpha)
+    assert torch.isfinite(grad).all() and grad.abs().max() > 0

@@ -182,7 +182,8 @@ def _seg_exp(cum: Tensor) -> Tensor:
 def _above_diagonal(L: int, device: torch.device) -> Tensor:
     """The ``[L, L]`` bool mask of ``s > t`` (cached: a chunk's coefficients are a few small ops
     and each op's dispatch counts)."""
-    return torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
+    with torch.inference_mode(False):  # a normal tensor even if first made in inference mode
+        return torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
 
 
 def chunk_coefficients(log_alpha, log_beta, eta, k, *, dgd: bool, per_token: bool) -> _Coeffs:
