@@ -276,3 +276,12 @@ def test_bf16_autocast_trains_with_float32_memories(name):
     loss.backward()
     assert abs(loss.item() - ref.item()) < 0.05
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_titans_lr_max_defaults_to_one_over_the_chunk():
+    from nestlearn.models import TitansConfig
+
+    assert TitansConfig(hidden_size=16, num_attention_heads=2, num_hidden_layers=1,
+                        vocab_size=32, chunk_size=8).lr_max == 1 / 8
+    assert TitansConfig(hidden_size=16, num_attention_heads=2, num_hidden_layers=1,
+                        vocab_size=32, lr_max=0.5).lr_max == 0.5

@@ -74,7 +74,8 @@ class TitansMemory(nn.Module):
         expansion: hidden width of the MLP memory in units of the head width.
         chunk_size: C of the chunked update (Titans section 3.2).
         conv_size: window of the causal depthwise convolutions.
-        lr_max: upper bound of the inner learning rate theta.
+        lr_max: upper bound of the inner learning rate theta (default ``1 / chunk_size``, see
+            ``TitansConfig.lr_max``).
         read: ``"chunk_start"`` (D2) or ``"per_token"`` (the dual form: token t reads M_t).
         write_grad: ``"full"`` or ``"detach"`` (see ``nestlearn.memory``).
     """
@@ -88,7 +89,7 @@ class TitansMemory(nn.Module):
         expansion: int = 2,
         chunk_size: int = 16,
         conv_size: int = 4,
-        lr_max: float = 1.0,
+        lr_max: float | None = None,
         read: Literal["chunk_start", "per_token"] = "chunk_start",
         write_grad: Literal["full", "detach"] = "full",
     ) -> None:
@@ -104,6 +105,8 @@ class TitansMemory(nn.Module):
                           ("conv_size", conv_size)):
             if not isinstance(val, int) or val < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
+        if lr_max is None:  # a chunk's summed steps within one step (TitansConfig.lr_max)
+            lr_max = 1.0 / chunk_size
         if not lr_max > 0:
             raise ValueError(f"lr_max must be > 0, got {lr_max}")
         self.d_model, self.num_heads = d_model, num_heads

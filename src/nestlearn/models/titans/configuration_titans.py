@@ -43,8 +43,11 @@ class TitansConfig(PreTrainedConfig):
             Chunk size of the memory update.
         conv_size (`int`, defaults to 4):
             Window of the causal depthwise convolutions.
-        lr_max (`float`, defaults to 1.0):
-            Upper bound of the memory's learning rate.
+        lr_max (`float`, *optional*):
+            Upper bound of the memory's inner learning rate theta. Default `1 / chunk_size`:
+            the steps of a chunk are all taken at its start weights (Titans section 3.2), so
+            along similar keys they add up to `chunk_size` steps; with `lr_max = 1` the tiny
+            preset diverged at training step 13 on the bundled corpus.
         memory_read (`str`, defaults to `"chunk_start"`):
             `"chunk_start"` or `"per_token"`.
         intermediate_size (`int`, *optional*):
@@ -75,7 +78,7 @@ class TitansConfig(PreTrainedConfig):
     memory_expansion: int = 2
     chunk_size: int = 16
     conv_size: int = 4
-    lr_max: float = 1.0
+    lr_max: float | None = None
     memory_read: str = "chunk_start"
     intermediate_size: int | None = None
     sliding_window: int = 512
@@ -103,6 +106,8 @@ class TitansConfig(PreTrainedConfig):
         if self.intermediate_size is None:
             self.intermediate_size = swiglu_hidden_size(self.hidden_size)
         check_positive_int("intermediate_size", self.intermediate_size)
+        if self.lr_max is None:  # chunk_size was checked above
+            self.lr_max = 1.0 / self.chunk_size
         for name in ("lr_max", "rope_theta", "rms_norm_eps"):
             check_number(name, getattr(self, name))
         check_number("initializer_range", self.initializer_range, strict=False)
