@@ -267,14 +267,10 @@ def _plots(out: Path, results: dict[str, Any], unigram: float) -> list[str]:
             vs, vl = zip(*r["val_curve"], strict=True)
             ax.plot(vs, vl, "o--", color=line.get_color(), label=f"{FAMILY_NAMES.get(f, f)} (val)")
     ax.axhline(unigram, color="gray", ls=":", label=f"unigram (val) {unigram:.2f}")
-    ax.set_xlabel(f"optimizer step ({results['tokens_per_step']:,} tokens each)")
-    ax.set_ylabel("next-token loss (nats)")
-    ax.set_title("tiny presets, equal parameters and tokens (2 CPU cores)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=120)
-    plt.close(fig)
+    _finish(plt, fig, ax, out / "loss.png",
+            xlabel=f"optimizer step ({results['tokens_per_step']:,} tokens each)",
+            ylabel="next-token loss (nats)",
+            title="tiny presets, equal parameters and tokens (2 CPU cores)")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for f, r in results["models"].items():
@@ -284,15 +280,22 @@ def _plots(out: Path, results: dict[str, Any], unigram: float) -> list[str]:
         ax.plot(range(1, len(curve) + 1), curve, label=FAMILY_NAMES.get(f, f))
     ax.axhline(unigram, color="gray", ls=":", label="unigram")
     ax.set_xscale("log")
-    ax.set_xlabel("position in the validation window (tokens)")
-    ax.set_ylabel("mean next-token loss (nats)")
-    ax.set_title("context usage: loss by position (NL Fig. 10)")
+    _finish(plt, fig, ax, out / "context.png",
+            xlabel="position in the validation window (tokens)",
+            ylabel="mean next-token loss (nats)",
+            title="context usage: loss by position (NL Fig. 10)")
+    return ["loss.png", "context.png"]
+
+
+def _finish(plt, fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "context.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return ["loss.png", "context.png"]
 
 
 def _unigram(job: MainJob) -> tuple[float, int]:

@@ -24,6 +24,8 @@ LAYERS = {
     "smt-huber": lambda: SelfModifyingTitans(D, H, chunk_size=4, proj_chunk_size=4,
                                              objective="huber", huber_delta=0.3, eta_max=1.0),
     "titans-mlp": lambda: TitansMemory(D, H, chunk_size=4),
+    "titans-huber": lambda: TitansMemory(D, H, chunk_size=4, objective="huber", huber_delta=0.3,
+                                         lr_max=1.0),
     "titans-linear-per-token": lambda: TitansMemory(D, H, chunk_size=4, memory="linear",
                                                     read="per_token"),
 }

@@ -285,3 +285,11 @@ def test_titans_lr_max_defaults_to_one_over_the_chunk():
                         vocab_size=32, chunk_size=8).lr_max == 1 / 8
     assert TitansConfig(hidden_size=16, num_attention_heads=2, num_hidden_layers=1,
                         vocab_size=32, lr_max=0.5).lr_max == 0.5
+
+
+def test_invalid_titans_config_raises_naming_the_field_memory_objective():
+    from nestlearn.models import TitansConfig
+
+    with pytest.raises(ValueError, match="memory_objective"):
+        TitansConfig(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, vocab_size=32,
+                     memory_objective="cauchy")

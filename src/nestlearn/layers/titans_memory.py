@@ -78,6 +78,9 @@ class TitansMemory(nn.Module):
             ``TitansConfig.lr_max``).
         read: ``"chunk_start"`` (D2) or ``"per_token"`` (the dual form: token t reads M_t).
         write_grad: ``"full"`` or ``"detach"`` (see ``nestlearn.memory``).
+        objective: ``"l2"`` (Titans Eq. 12) or ``"huber"`` (l2 with each token's error norm
+            capped at ``huber_delta``; see ``TitansConfig.memory_objective``).
+        huber_delta: the cap of ``objective="huber"``.
     """
 
     def __init__(
@@ -92,19 +95,25 @@ class TitansMemory(nn.Module):
         lr_max: float | None = None,
         read: Literal["chunk_start", "per_token"] = "chunk_start",
         write_grad: Literal["full", "detach"] = "full",
+        objective: Literal["l2", "huber"] = "l2",
+        huber_delta: float = 1.0,
     ) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
         for name, val, allowed in (("memory", memory, ("residual_mlp", "linear")),
                                    ("read", read, ("chunk_start", "per_token")),
-                                   ("write_grad", write_grad, ("full", "detach"))):
+                                   ("write_grad", write_grad, ("full", "detach")),
+                                   ("objective", objective, ("l2", "huber"))):
             if val not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {val!r}")
         for name, val in (("expansion", expansion), ("chunk_size", chunk_size),
                           ("conv_size", conv_size)):
             if not isinstance(val, int) or val < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {val!r}")
+        if not 0 < huber_delta < float("inf"):
+            raise ValueError(f"huber_delta must be a finite number > 0, got {huber_delta}")
+        self.objective, self.huber_delta = objective, float(huber_delta)
         if lr_max is None:  # a chunk's summed steps within one step (TitansConfig.lr_max)
             lr_max = 1.0 / chunk_size
         if not lr_max > 0:
@@ -189,7 +198,8 @@ class TitansMemory(nn.Module):
             alpha = torch.where(keep, alpha, torch.ones_like(alpha))
         update = memory_chunked if impl == "chunked" else memory_reference
         o, mem = update(
-            q, k, v, lr, alpha, beta, memory=self.memory, objective="l2", rule="gd",
+            q, k, v, lr, alpha, beta, memory=self.memory, objective=self.objective,
+            huber_delta=self.huber_delta, rule="gd",
             chunk_size=self.chunk_size, read=self.read, initial_state=st.memory,
             write_grad=self.write_grad,
         )

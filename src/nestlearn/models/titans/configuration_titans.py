@@ -48,6 +48,13 @@ class TitansConfig(PreTrainedConfig):
             the steps of a chunk are all taken at its start weights (Titans section 3.2), so
             along similar keys they add up to `chunk_size` steps; with `lr_max = 1` the tiny
             preset diverged at training step 13 on the bundled corpus.
+        memory_objective (`str`, defaults to `"huber"`):
+            The memory's inner objective: `"l2"` (Titans Eq. 12) or `"huber"`, the same l2
+            regression with each token's error norm capped at `memory_huber_delta` (identical
+            below the cap). Default `"huber"`, as for HOPE: with `"l2"` (and `lr_max = 1/16`) the
+            tiny preset diverged at training step 116 of the main job.
+        memory_huber_delta (`float`, defaults to 1.0):
+            The cap of `memory_objective="huber"`.
         memory_read (`str`, defaults to `"chunk_start"`):
             `"chunk_start"` or `"per_token"`.
         intermediate_size (`int`, *optional*):
@@ -79,6 +86,8 @@ class TitansConfig(PreTrainedConfig):
     chunk_size: int = 16
     conv_size: int = 4
     lr_max: float | None = None
+    memory_objective: str = "huber"
+    memory_huber_delta: float = 1.0
     memory_read: str = "chunk_start"
     intermediate_size: int | None = None
     sliding_window: int = 512
@@ -108,7 +117,8 @@ class TitansConfig(PreTrainedConfig):
         check_positive_int("intermediate_size", self.intermediate_size)
         if self.lr_max is None:  # chunk_size was checked above
             self.lr_max = 1.0 / self.chunk_size
-        for name in ("lr_max", "rope_theta", "rms_norm_eps"):
+        check_choice("memory_objective", self.memory_objective, ("l2", "huber"))
+        for name in ("lr_max", "memory_huber_delta", "rope_theta", "rms_norm_eps"):
             check_number(name, getattr(self, name))
         check_number("initializer_range", self.initializer_range, strict=False)
         super().__post_init__(**kwargs)

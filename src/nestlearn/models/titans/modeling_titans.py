@@ -39,6 +39,7 @@ class TitansBlock(nn.Module):
         self.memory = TitansMemory(
             D, H, memory=config.memory, expansion=config.memory_expansion,
             chunk_size=config.chunk_size, conv_size=config.conv_size, lr_max=config.lr_max,
+            objective=config.memory_objective, huber_delta=config.memory_huber_delta,
             read=config.memory_read,
         )
         if config.variant == "mag":
