@@ -447,14 +447,8 @@ def _bdot(a: Tensor, b: Tensor) -> Tensor:
 
 def _advance_weight_autograd(W: Tensor, S: Tensor | None, u: Tensor, x: Tensor, co, *,
                    kp: Tensor | None = None, K: Tensor | None = None):
-    """Advance one weight matrix over one chunk (README eq. 3.4-3.5, and 4.4 when ``kp`` is given).
-
-    ``W``, ``S``: ``[..., O, I]`` before the chunk (``S`` the momentum, or ``None``);
-    ``u``, ``x``: ``[..., L, O]``, ``[..., L, I]``, the chunk's gradient factors at its start weights;
-    ``co``: the chunk's :class:`_Coeffs` (or a dict of its per-chunk fields) with leading dims that
-    broadcast against ``W``'s (so several memories that share keys and rates share ``co``).
-    For the DGD weight (the one that sees the key) pass ``kp = K W^T [..., L, O]`` and the keys
-    ``K [..., L, I]``. Returns ``(W_L, S_L)``.
+    """:func:`advance_weight` (same arguments and result) as plain autograd operations: the
+    forward of the hand-written node, and the reference its backward is tested against.
 
     Each new state is one fresh tensor updated in place (``addcmul_``, ``baddbmm_``): fewer
     state-sized temporaries than the textbook form, and nothing autograd saves is overwritten.
