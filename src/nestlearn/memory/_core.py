@@ -138,7 +138,15 @@ def check_args(
     state = _check_state(initial_state, memory=memory, B=B, H=H, Dk=Dk, Dv=Dv, q=q, dtype=dtype)
     if beta is None and state.momentum is not None:
         raise ValueError("initial_state carries momentum but beta is None; pass beta")
-    if state.offset >= chunk_size:
+    offsets = state.offset
+    if isinstance(offsets, Tensor):
+        if offsets.shape != (B,):
+            raise ValueError(
+                f"initial_state.offset must be an int or a tensor of shape [{B}] (one offset "
+                f"per row), got shape {tuple(offsets.shape)}"
+            )
+        offsets = int(offsets.max()) if offsets.numel() else 0
+    if offsets >= chunk_size:
         raise ValueError(
             f"initial_state.offset ({state.offset}) must be < chunk_size ({chunk_size}); a "
             "stream must keep its chunk size"

@@ -17,6 +17,7 @@ Dimension legend: see ``_core``; N chunks in a group, L tokens per chunk.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -88,6 +89,21 @@ def memory_chunked(
         chunk_size=chunk_size, read=read, initial_state=initial_state, write_grad=write_grad,
     )
     st = a.state
+    if isinstance(st.offset, Tensor):  # one offset per row
+        offsets = st.row_offsets(q.shape[0])
+        if len(set(offsets)) > 1:
+            return _per_row(
+                (q, k, v, lr, alpha, beta), st, offsets, chunk_size, write_grad,
+                dict(memory=memory, objective=objective, huber_delta=huber_delta, rule=rule,
+                     read=read),
+            )
+        o, final = memory_chunked(
+            q, k, v, lr, alpha, beta, memory=memory, objective=objective,
+            huber_delta=huber_delta, rule=rule, chunk_size=chunk_size, read=read,
+            initial_state=dataclasses.replace(st, offset=offsets[0] if offsets else 0),
+            write_grad=write_grad,
+        )
+        return o, dataclasses.replace(final, offset=torch.full_like(st.offset, final.offset))
     B, H, T, _ = a.k.shape
     C = chunk_size
     if T == 0:
@@ -143,6 +159,54 @@ def memory_chunked(
     final = MemoryState(weights=W, momentum=S, chunk_start=Wc if offset else W, offset=offset)
     return _core.to_public(o, a.out_dtype), final
 
+
+def _per_row(inputs, st: MemoryState, offsets: list[int], C: int, write_grad, kw):
+    """``memory_chunked`` for rows at different places of their chunks (README section 9).
+
+    The sequence is cut at every chunk boundary of every row. Inside a piece no row crosses a
+    boundary, so the piece is one call of the uniform path in which every row continues a chunk
+    (offset ``C - L``: the gradients are taken at the per-row chunk-start weights ``W_c`` and
+    the weights advance from ``W``); before a piece, the rows whose chunk begins there take
+    ``W_c = W``. ``write_grad="detach"`` cuts the graph of each row at its own chunk ends."""
+    B, T = inputs[1].shape[:2]
+    if T == 0:
+        return inputs[2].to(inputs[0].dtype), st
+    plan = []  # (piece length, offsets at its start)
+    pos = 0
+    while pos < T:
+        L = min(T - pos, min(C - o for o in offsets))
+        plan.append((L, offsets))
+        offsets = [(o + L) % C for o in offsets]
+        pos += L
+    pieces = [None if x is None else x.split([L for L, _ in plan], dim=1) for x in inputs]
+    device = st.weights[0].device
+
+    def rows(flags: list[bool]) -> Tensor:  # -> [B, 1, 1, 1] against [B, H, O, I]
+        return torch.tensor(flags, device=device).view(B, 1, 1, 1)
+
+    W, S, Wc = st.weights, st.momentum, st.chunk_start
+    outs = []
+    for i, (L, offs) in enumerate(plan):
+        starts = rows([o == 0 for o in offs])
+        Wc = tuple(torch.where(starts, w, c) for w, c in zip(W, Wc))
+        piece = [None if p is None else p[i] for p in pieces]
+        o, nxt = memory_chunked(
+            *piece, chunk_size=C, write_grad="full", **kw,
+            initial_state=MemoryState(weights=W, momentum=S, chunk_start=Wc, offset=C - L),
+        )
+        W, S = nxt.weights, nxt.momentum
+        ends = [(o_ + L) % C == 0 for o_ in offs]
+        if write_grad == "detach" and any(ends):
+            cut = rows(ends)
+            W = tuple(torch.where(cut, w.detach(), w) for w in W)
+            S = None if S is None else tuple(torch.where(cut, s.detach(), s) for s in S)
+        outs.append(o)
+    ends = rows([o == 0 for o in offsets])
+    final = MemoryState(
+        weights=W, momentum=S, chunk_start=tuple(torch.where(ends, w, c) for w, c in zip(W, Wc)),
+        offset=torch.tensor(offsets, dtype=st.offset.dtype, device=st.offset.device),
+    )
+    return torch.cat(outs, dim=1), final
 
 
 @dataclass

@@ -11,6 +11,9 @@ NL Eq. 57/88/90):
                                           weight for DGD (Eq. 88, decision D5)
     read = M(W_c; q_t)  for read="chunk_start" (Eq. 90),  M(W_t; q_t)  for read="per_token".
 
+Rows may sit at different places of their chunks (``initial_state.offset`` a tensor ``[B]``):
+each row then starts its chunks at its own tokens (``W_c`` is chosen row by row).
+
 With ``chunk_size=1`` this is exact online learning. It is deliberately slow and obvious; the
 fast path in ``chunked.py`` must reproduce it (outputs, final state and gradients).
 """
@@ -55,7 +58,13 @@ def memory_reference(
     S = None
     if a.beta is not None:
         S = list(st.momentum) if st.momentum is not None else [torch.zeros_like(w) for w in W]
-    offset = st.offset
+    B = a.k.shape[0]
+    per_row = isinstance(st.offset, Tensor)
+    offset = st.offset.to(a.k.device).long() if per_row else torch.full((B,), st.offset,
+                                                                       device=a.k.device)
+
+    def rows(mask: Tensor) -> Tensor:  # [B] -> [B, 1, 1, 1] against [B, H, O, I]
+        return mask.view(B, 1, 1, 1)
     lr_eff = _core.effective_lr(a)  # [B, H, T]
     w_in = _core.input_side(memory)
 
@@ -66,8 +75,8 @@ def memory_reference(
     inner_grad = torch.func.grad(inner_loss)
     outs = []
     for t in range(a.k.shape[2]):
-        if offset == 0:
-            Wc = list(W)
+        starts = rows(offset == 0)  # rows whose chunk begins at this token
+        Wc = [torch.where(starts, w, c) for w, c in zip(W, Wc)]
         q_t, k_t, v_t = a.q[:, :, t, None], a.k[:, :, t, None], a.v[:, :, t, None]  # [B,H,1,D]
         g = inner_grad(tuple(Wc), k_t, v_t)
         eta = lr_eff[:, :, t, None, None]  # [B, H, 1, 1]
@@ -85,15 +94,18 @@ def memory_reference(
         read_from = Wc if read == "chunk_start" else W
         outs.append(_core.apply_memory(memory, tuple(read_from), q_t))
         offset = (offset + 1) % chunk_size
-        if offset == 0 and write_grad == "detach":
-            W = [w.detach() for w in W]
-            S = None if S is None else [s.detach() for s in S]
+        if write_grad == "detach":  # cut the graph at the rows whose chunk ends here
+            ends = rows(offset == 0)
+            W = [torch.where(ends, w.detach(), w) for w in W]
+            S = None if S is None else [torch.where(ends, s.detach(), s) for s in S]
+    T = a.k.shape[2]
     o = torch.cat(outs, dim=2) if outs else a.v.new_zeros(a.v.shape)
+    ends = rows(offset == 0)
     final = MemoryState(
         weights=tuple(W),
         momentum=None if S is None else tuple(S),
-        chunk_start=tuple(Wc) if offset else tuple(W),
-        offset=offset,
+        chunk_start=tuple(torch.where(ends, w, c) for w, c in zip(W, Wc)),
+        offset=offset if per_row else int(offset[0]) if B else (st.offset + T) % chunk_size,
     )
     return _core.to_public(o, a.out_dtype), final
 

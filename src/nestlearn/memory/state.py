@@ -30,12 +30,16 @@ class MemoryState:
             the middle of a chunk continues exactly.
         offset: how many tokens of the current chunk are already written (``0 <= offset < C``);
             ``0`` means the next token starts a new chunk and ``chunk_start`` equals ``weights``.
+            An ``int`` when every row of the batch is at the same place of its chunk, or an
+            integer tensor ``[B]`` with one offset per row: a left-padded batch anchors each
+            row's chunk grid at its first real token, so a row's chunks are those of the
+            sequence run alone (``memory/README.md`` section 9).
     """
 
     weights: tuple[Tensor, ...]
     momentum: tuple[Tensor, ...] | None = None
     chunk_start: tuple[Tensor, ...] | None = None
-    offset: int = 0
+    offset: int | Tensor = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.weights, tuple) or not all(
@@ -48,7 +52,19 @@ class MemoryState:
             raise ValueError("MemoryState.momentum must have one tensor per weight")
         if len(self.chunk_start) != len(self.weights):
             raise ValueError("MemoryState.chunk_start must have one tensor per weight")
-        if self.offset < 0:
+        if isinstance(self.offset, Tensor):
+            if self.offset.ndim != 1 or self.offset.is_floating_point() or (
+                self.offset.is_complex() or self.offset.dtype == torch.bool
+            ):
+                raise TypeError(
+                    "MemoryState.offset must be an int or a 1-D integer tensor [B], got a "
+                    f"{self.offset.dtype} tensor of shape {tuple(self.offset.shape)}"
+                )
+            if bool((self.offset < 0).any()):
+                raise ValueError(f"MemoryState.offset must be >= 0, got {self.offset.tolist()}")
+        elif not isinstance(self.offset, int) or isinstance(self.offset, bool):
+            raise TypeError(f"MemoryState.offset must be an int or a tensor [B], got {self.offset!r}")
+        elif self.offset < 0:
             raise ValueError(f"MemoryState.offset must be >= 0, got {self.offset}")
 
     @classmethod
@@ -71,8 +87,15 @@ class MemoryState:
             chunk_start=cut(self.chunk_start),
         )
 
+    def row_offsets(self, batch: int) -> list[int]:
+        """The offset of each of ``batch`` rows, as Python ints."""
+        if isinstance(self.offset, Tensor):
+            return [int(o) for o in self.offset.tolist()]
+        return [self.offset] * batch
+
     def map(self, fn) -> MemoryState:
-        """Apply ``fn`` to every tensor (e.g. ``state.map(lambda t: t[idx])`` to select rows)."""
+        """Apply ``fn`` to every tensor (e.g. ``state.map(lambda t: t[idx])`` to select rows),
+        per-row offsets included."""
 
         def each(ts: tuple[Tensor, ...] | None) -> tuple[Tensor, ...] | None:
             return None if ts is None else tuple(fn(t) for t in ts)
@@ -82,4 +105,5 @@ class MemoryState:
             weights=each(self.weights),
             momentum=each(self.momentum),
             chunk_start=each(self.chunk_start),
+            offset=fn(self.offset) if isinstance(self.offset, Tensor) else self.offset,
         )
