@@ -141,6 +141,59 @@ def test_left_padding_writes_nothing(name):
     _close(y_pad[:, 4:], y, "outputs after padding")
 
 
+PADS = [0, 1, 3, 6]  # leading pads per row: every phase of a chunk of 4 (and of 3)
+
+
+def _state_tensors(state):
+    """Every tensor of a layer state, with each memory's per-row offsets."""
+    out = []
+    groups = ("vec", "gate", "main") if hasattr(state, "main") else ("memory",)
+    for g in groups:
+        m = getattr(state, g)
+        out += list(m.weights) + list(m.chunk_start) + list(m.momentum or ())
+        out.append(torch.as_tensor(m.row_offsets(m.weights[-1].shape[0])))
+    return out
+
+
+@pytest.mark.parametrize("name,impl", [
+    (name, impl)
+    for name in ("smt", "smt-grids-3-4", "smt-gd-adaptive-q", "titans-mlp",
+                 "titans-linear-per-token")
+    for impl in (("chunked", "per_group", "reference") if name.startswith("smt")
+                 else ("chunked", "reference"))
+])
+def test_left_padding_any_count_equals_each_sequence_alone(name, impl):
+    """Rows with 0, 1, 3 and 6 leading pads (each row's chunk grid anchored at its first real
+    token): outputs, final states (weights, momentum, chunk starts, per-row offsets) and the
+    gradients of every parameter equal those of each sequence run alone; the carried state then
+    continues each row exactly (a second call with no padding)."""
+    layer = _layer(name)
+    T, more = 9, 5
+    xs = [torch.randn(1, T - p, D, dtype=DT) for p in PADS]
+    tails = [torch.randn(1, more, D, dtype=DT) for _ in PADS]
+    x = torch.cat([torch.cat([torch.randn(1, p, D, dtype=DT), x_b], 1) for p, x_b in zip(PADS, xs)])
+    mask = torch.tensor([[0] * p + [1] * (T - p) for p in PADS])
+    params = list(layer.parameters())
+    y, s = layer(x, attention_mask=mask, impl=impl)
+    y2, s2 = layer(torch.cat(tails), state=s, impl=impl)
+    total = sum((y[b:b + 1, p:].square().sum() for b, p in enumerate(PADS)), y2.square().sum())
+    g_batch = torch.autograd.grad(total, params, allow_unused=True)
+    g_alone = [torch.zeros_like(q) for q in params]
+    for b, p in enumerate(PADS):
+        y_b, s_b = layer(xs[b], impl=impl)
+        y2_b, s2_b = layer(tails[b], state=s_b, impl=impl)
+        _close(y[b:b + 1, p:], y_b, f"row {b} outputs")
+        _close(y2[b:b + 1], y2_b, f"row {b} continued outputs")
+        for i, (u, w) in enumerate(zip(_state_tensors(s2.map(lambda t, b=b: t[b:b + 1])),
+                                       _state_tensors(s2_b))):
+            _close(u.to(w.dtype), w, f"row {b} state tensor {i}")
+        gs = torch.autograd.grad(y_b.square().sum() + y2_b.square().sum(), params,
+                                 allow_unused=True)
+        g_alone = [a if g is None else a + g for a, g in zip(g_alone, gs)]
+    for (n, _), a, b in zip(layer.named_parameters(), g_batch, g_alone):
+        _close(torch.zeros_like(b) if a is None else a, b, f"d/d{n}")
+
+
 def test_causal_conv_streams():
     conv = CausalDepthwiseConv(5, 4).to(DT)
     x = torch.randn(2, 9, 5, dtype=DT)

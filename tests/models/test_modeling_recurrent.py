@@ -145,6 +145,40 @@ def test_left_padding_writes_nothing(name):
     close(out[1:, 4:], alone, "padded row")
 
 
+PADS = [0, 1, 3, 6]  # leading pads: every phase of a chunk of 4
+
+
+@pytest.mark.parametrize("name", ["hope", "hope_attention", "titans", "titans-mag"])
+def test_left_padded_batch_any_pad_count_equals_each_alone(name):
+    """Rows with 0, 1, 3 and 6 leading pads: the prefill logits, three cached decoding steps
+    (growing mask) and greedy ``generate()`` equal each sequence run alone."""
+    model = make(name)
+    T = 10
+    seqs = [ids_of(B=1, T=T - p, seed=10 + b)[0] for b, p in enumerate(PADS)]
+    ids = torch.stack([torch.cat([torch.full((p,), 5), s]) for p, s in zip(PADS, seqs)])
+    mask = torch.tensor([[0] * p + [1] * (T - p) for p in PADS])
+    steps = ids_of(B=len(PADS), T=3, seed=99)
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, use_cache=True)
+        logits, cache = [out.logits], out.past_key_values
+        for t in range(3):
+            mask = torch.cat([mask, torch.ones(len(PADS), 1, dtype=mask.dtype)], 1)
+            out = model(steps[:, t:t + 1], attention_mask=mask, past_key_values=cache,
+                        use_cache=True)
+            logits.append(out.logits)
+            cache = out.past_key_values
+        batch = torch.cat(logits, 1)
+        for b, (p, seq) in enumerate(zip(PADS, seqs)):
+            alone = model(torch.cat([seq, steps[b]])[None]).logits
+            close(batch[b:b + 1, p:], alone, f"row {b} ({p} pads)")
+        gen = model.generate(ids, attention_mask=mask[:, :T], max_new_tokens=5, do_sample=False,
+                             pad_token_id=0)
+        for b, (p, seq) in enumerate(zip(PADS, seqs)):
+            alone = model.generate(seq[None], attention_mask=torch.ones(1, len(seq)),
+                                   max_new_tokens=5, do_sample=False, pad_token_id=0)
+            assert gen[b, p:].tolist() == alone[0].tolist(), f"row {b} ({p} pads)"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_every_parameter_gets_a_gradient(name):
     model = make(name).train()

@@ -36,7 +36,11 @@ Project decisions written down here:
   k, v paths, then l2-normalised q and k; an output RMSNorm per head and a SiLU output gate
   before the output projection.
 * Padding. With an ``attention_mask`` (left padding), padded positions write nothing (learning
-  rate 0, retention 1) and enter the convolutions as zeros.
+  rate 0, retention 1) and enter the convolutions as zeros. On a fresh state each row's chunk
+  grid is anchored at its first real token (per-row offsets, ``anchored_offsets``), so a
+  left-padded row gives exactly the outputs and states of its sequence run alone, whatever the
+  number of pads; rows at different places of their chunks cut the segments at every row's
+  boundary (more, shorter segments).
 
 Dimension legend: B batch, T time, L tokens in a segment, D model width, H heads, d = D / H head
 width, h hidden width of a memory MLP, n number of memories stacked in a group.
@@ -55,7 +59,14 @@ from torch import Tensor, nn
 from nestlearn.layers.conv import CausalDepthwiseConv
 from nestlearn.layers.conv import new_token_mask as _new_token_mask
 from nestlearn.layers.titans_memory import GatedHeadOutput
-from nestlearn.memory import MemoryState, _core, memory_chunked, memory_read, memory_reference
+from nestlearn.memory import (
+    MemoryState,
+    _core,
+    anchored_offsets,
+    memory_chunked,
+    memory_read,
+    memory_reference,
+)
 from nestlearn.memory.chunked import advance_weight, chunk_coefficients
 
 __all__ = ["SelfModifyingTitans", "SMTState"]
@@ -251,6 +262,11 @@ class SelfModifyingTitans(nn.Module):
         if attention_mask is not None:
             keep = _new_token_mask(attention_mask, B, T)  # [B, T]
             x = x * keep[..., None].to(x.dtype)
+            if state is None:  # each row's chunks start at its first real token
+                proj = anchored_offsets(keep, self.proj_chunk_size)
+                main = anchored_offsets(keep, self.chunk_size)
+                st = replace(st, vec=replace(st.vec, offset=proj),
+                             gate=replace(st.gate, offset=proj), main=replace(st.main, offset=main))
         conv_q, conv_k, conv_v = st.conv
         xh = F.normalize(x.view(B, T, H, d), dim=-1)
         q_all = None
@@ -366,7 +382,7 @@ class SelfModifyingTitans(nn.Module):
         while sum(lengths) < T:
             L = self._segment_length(T - sum(lengths), po, mo, "chunked")
             lengths.append(L)
-            po, mo = (po + L) % self.proj_chunk_size, (mo + L) % self.chunk_size
+            po, mo = _shift(po, L, self.proj_chunk_size), _shift(mo, L, self.chunk_size)
         pieces = [[None] * len(lengths) if t is None else t.split(lengths, dim=2)
                   for t in (x_i, q_i, beta_i, keep_i)]
         outs = []
@@ -447,7 +463,8 @@ class SelfModifyingTitans(nn.Module):
         # 4. the writes (Eq. 88): DGD on the input side, scalar retention on the output side
         kp = None
         if dgd:  # W_0 K^T with the weights before the segment (== chunk start unless mid-chunk)
-            kp = hk if stk.proj_offset == 0 and stk.main_offset == 0 else k @ stk.w2.mT
+            at_start = _uniform(stk.proj_offset) == 0 and _uniform(stk.main_offset) == 0
+            kp = hk if at_start else k @ stk.w2.mT
         w2, s2 = advance_weight(stk.w2, stk.s2, u2, k, co, kp=kp, K=k)
         w1r, s1r = advance_weight(stk.w1r, stk.s1r, er, a_k[:, :, G:], co_m)
         w1g, s1g = advance_weight(stk.w1g, stk.s1g, eg, a_k[:, :, :G], co_m)
@@ -461,12 +478,13 @@ class SelfModifyingTitans(nn.Module):
         )
         return o, new, (conv_q, conv_k, conv_v)
 
-    def _segment_length(self, remaining: int, proj_offset: int, main_offset: int, impl) -> int:
-        """Tokens until the next chunk boundary of either memory grid (the targets and
-        projections of a segment must all come from the same chunk-start states)."""
+    def _segment_length(self, remaining: int, proj_offset, main_offset, impl) -> int:
+        """Tokens until the next chunk boundary of either memory grid in any row (the targets
+        and projections of a segment must all come from the same chunk-start states)."""
         if impl == "reference":
             return 1
-        return min(remaining, self.proj_chunk_size - proj_offset, self.chunk_size - main_offset)
+        return min(remaining, self.proj_chunk_size - max(_as_rows(proj_offset)),
+                   self.chunk_size - max(_as_rows(main_offset)))
 
 
 class _SiluGradTimes(torch.autograd.Function):
@@ -504,6 +522,26 @@ def _rep(x: Tensor | None, n: int) -> Tensor | None:
     return None if x is None else x.repeat(1, 1, n)
 
 
+def _as_rows(offset) -> tuple[int, ...]:
+    """An offset (int, per-row tuple or tensor) as a tuple of ints (one int if uniform)."""
+    if isinstance(offset, Tensor):
+        return tuple(int(o) for o in offset.tolist()) or (0,)
+    return offset if isinstance(offset, tuple) else (offset,)
+
+
+def _uniform(offset) -> int | None:
+    """The common offset of all rows, or ``None`` if the rows differ."""
+    rows = set(_as_rows(offset))
+    return rows.pop() if len(rows) == 1 else None
+
+
+def _shift(offset, L: int, C: int):
+    """The offset after ``L`` more tokens (int stays int, per-row tuple stays a tuple)."""
+    if isinstance(offset, tuple):
+        return tuple((o + L) % C for o in offset)
+    return (offset + L) % C
+
+
 def _read_stacked(x: Tensor, state: MemoryState, n: int, kind: str) -> Tensor:
     """Read ``n`` memories stacked on the head axis at the same input: ``x [B, L, H, d]`` ->
     ``[B, L, n*H, O]``, with the chunk-start weights."""
@@ -519,7 +557,8 @@ class _Stack:
     ``w2``: ``[B, H, M*h, d]`` input-side weights, memory m in rows ``m*h:(m+1)*h``;
     ``w1r``: ``[B, H, R, d, h]`` and ``w1g``: ``[B, H, G, 1, h]`` output weights. ``s*`` the
     momentum (or ``None``), ``c*`` the chunk-start weights; ``proj_offset``/``main_offset`` the
-    position inside the current chunk of the projection memories / the main memory.
+    position inside the current chunk of the projection memories / the main memory: an int, or
+    a tuple with one int per row when the rows are at different places of their chunks.
     """
 
     w2: Tensor
@@ -531,8 +570,8 @@ class _Stack:
     c2: Tensor
     c1r: Tensor
     c1g: Tensor
-    proj_offset: int
-    main_offset: int
+    proj_offset: int | tuple[int, ...]
+    main_offset: int | tuple[int, ...]
     G: int
     V: int
 
@@ -557,7 +596,12 @@ class _Stack:
         s2 = s1r = s1g = None
         if st.main.momentum is not None:
             s2, s1r, s1g = gather(lambda m: m.momentum)
-        return cls(w2, w1r, w1g, s2, s1r, s1g, c2, c1r, c1g, st.vec.offset, st.main.offset, G, V)
+        def offset(m: MemoryState) -> int | tuple[int, ...]:
+            rows = _as_rows(m.offset)
+            return rows[0] if len(set(rows)) == 1 else rows
+
+        return cls(w2, w1r, w1g, s2, s1r, s1g, c2, c1r, c1g, offset(st.vec), offset(st.main),
+                   G, V)
 
     def zero_momentum(self) -> _Stack:
         return replace(self, s2=torch.zeros_like(self.w2), s1r=torch.zeros_like(self.w1r),
@@ -568,14 +612,21 @@ class _Stack:
         """The stack after a segment of ``L`` tokens with new weights ``W`` and momentum ``S``
         (each ``(w2, w1r, w1g)``): a group whose chunk ends takes its new weights as chunk start
         (and with ``detach`` cuts the graph there, like ``memory_chunked``)."""
-        po, mo = (self.proj_offset + L) % proj_chunk, (self.main_offset + L) % main_chunk
-        done = (po == 0, mo == 0)  # (projection memories, main memory)
+        po, mo = _shift(self.proj_offset, L, proj_chunk), _shift(self.main_offset, L, main_chunk)
+
+        def ended(offset):  # bool, or one bool per row
+            return tuple(o == 0 for o in offset) if isinstance(offset, tuple) else offset == 0
+
+        done = (ended(po), ended(mo))  # (projection memories, main memory)
         # the main memory's share of each tensor: the last h rows of w2, the last w1r, no w1g
         splits = ((self.G + self.V) * h, self.V, None)
         dims = (2, 2, 2)
 
-        def by_group(new: Tensor, old: Tensor, split, dim: int, take: tuple[bool, bool]) -> Tensor:
-            """``new`` for the groups in ``take``, ``old`` for the others."""
+        def by_group(new: Tensor, old: Tensor, split, dim: int, take) -> Tensor:
+            """``new`` for the groups in ``take``, ``old`` for the others; ``take`` holds a bool
+            per group, or per group a tuple of bools per row."""
+            if isinstance(take[0], tuple) or isinstance(take[1], tuple):
+                return torch.where(_row_mask(new, split, dim, take), new, old)
             if split is None:  # projection memories only
                 return new if take[0] else old
             if take[0] == take[1]:
@@ -585,7 +636,7 @@ class _Stack:
             return torch.cat([first.narrow(dim, 0, split), second.narrow(dim, split, n - split)],
                              dim)
 
-        if detach and any(done):
+        if detach and any(map(any, (d if isinstance(d, tuple) else (d,) for d in done))):
             W = tuple(by_group(w.detach(), w, sp, dm, done) for w, sp, dm in zip(W, splits, dims))
             if S[0] is not None:
                 S = tuple(by_group(s.detach(), s, sp, dm, done)
@@ -615,9 +666,35 @@ class _Stack:
         same = self.c2 is self.w2 and self.c1r is self.w1r and self.c1g is self.w1g
         cs = ws if same else split(self.c2, self.c1r, self.c1g)
         ss = (None,) * 3 if self.s2 is None else split(self.s2, self.s1r, self.s1g)
-        offsets = (self.proj_offset, self.proj_offset, self.main_offset)
+        def as_state(offset):  # per-row offsets travel in the state as a tensor [B]
+            if isinstance(offset, tuple):
+                return torch.tensor(offset, device=self.w2.device)
+            return offset
+
+        offsets = tuple(map(as_state, (self.proj_offset, self.proj_offset, self.main_offset)))
         gate, vec, main = (
             MemoryState(weights=w, momentum=s, chunk_start=c, offset=off)
             for w, s, c, off in zip(ws, ss, cs, offsets)
         )
         return SMTState(vec=vec, gate=gate, main=main, conv=conv)
+
+
+def _row_mask(like: Tensor, split: int | None, dim: int, take) -> Tensor:
+    """A bool mask broadcastable to ``like`` ``[B, ...]``: row b, index i of ``dim`` is True when
+    that row's group (projection memories below ``split``, the main memory from it on; all
+    projection memories when ``split`` is None) is in ``take``."""
+    B, n = like.shape[0], like.shape[dim]
+
+    def rows(flags) -> Tensor:  # bool or per-row tuple -> [B, 1]
+        flags = flags if isinstance(flags, tuple) else (flags,) * B
+        return torch.tensor(flags, device=like.device)[:, None]
+
+    proj = rows(take[0])
+    if split is None:
+        mask = proj.expand(B, n)
+    else:
+        first = torch.arange(n, device=like.device) < split  # [n]
+        mask = torch.where(first, proj, rows(take[1]))  # [B, n]
+    shape = [B] + [1] * (like.ndim - 1)
+    shape[dim] = n
+    return mask.view(shape)

@@ -19,7 +19,7 @@ Dimension legend: B batch, T time, D model width, H heads, d = D / H, h memory h
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from nestlearn.layers.conv import CausalDepthwiseConv
 from nestlearn.layers.conv import new_token_mask as _new_token_mask
 from nestlearn.layers.norm import RMSNorm
-from nestlearn.memory import MemoryState, memory_chunked, memory_reference
+from nestlearn.memory import MemoryState, anchored_offsets, memory_chunked, memory_reference
 
 __all__ = ["GatedHeadOutput", "TitansMemory", "TitansState"]
 
@@ -181,6 +181,9 @@ class TitansMemory(nn.Module):
         if attention_mask is not None:
             keep = _new_token_mask(attention_mask, B, T)[..., None]  # [B, T, 1]
             x = x * keep.to(x.dtype)
+            if state is None:  # each row's chunks start at its first real token
+                offset = anchored_offsets(keep[..., 0], self.chunk_size)
+                st = replace(st, memory=replace(st.memory, offset=offset))
         q_lin, k_lin, v_lin = self.qkv_proj(x).chunk(3, dim=-1)
         cq, ck, cv = st.conv
         q_lin, cq = self.conv_q(q_lin, state=cq)

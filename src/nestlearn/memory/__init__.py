@@ -9,11 +9,12 @@ Memories: ``"linear"`` (a matrix) and the 2-layer MLP of Eq. 89 (``"residual_mlp
 ``"mlp"`` without the skip). Objectives: ``"dot"`` (Hebbian; with a linear memory this is linear
 attention, Eq. 14-18) and ``"l2"`` (the delta rule). Update rules: ``"gd"`` and ``"dgd"`` (Delta
 Gradient Descent, Eq. 57/88), with optional per-token retention ``alpha`` and momentum ``beta``
-(Titans Eq. 13-14). The derivation of the fast path is in ``memory/README.md``.
+(Titans Eq. 13-14). Each row of a batch may sit at its own place of its chunk
+(``MemoryState.offset`` a tensor; :func:`anchored_offsets` anchors a left-padded batch). The derivation of the fast path is in ``memory/README.md``.
 """
 
 from nestlearn.memory.chunked import memory_chunked, memory_read
 from nestlearn.memory.reference import memory_reference
-from nestlearn.memory.state import MemoryState
+from nestlearn.memory.state import MemoryState, anchored_offsets
 
-__all__ = ["MemoryState", "memory_chunked", "memory_read", "memory_reference"]
+__all__ = ["MemoryState", "anchored_offsets", "memory_chunked", "memory_read", "memory_reference"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-__all__ = ["MemoryState"]
+__all__ = ["MemoryState", "anchored_offsets"]
 
 
 @dataclass(frozen=True)
@@ -107,3 +107,19 @@ class MemoryState:
             chunk_start=each(self.chunk_start),
             offset=fn(self.offset) if isinstance(self.offset, Tensor) else self.offset,
         )
+
+
+def anchored_offsets(keep: Tensor, chunk_size: int) -> int | Tensor:
+    """Chunk offsets that start each row's chunks at its first real token.
+
+    ``keep: [B, T]`` (True = real token) of a left-padded batch on a fresh state. A row with
+    ``p`` leading pads gets offset ``(-p) mod C``, so its first real token opens a chunk, as it
+    does when the sequence runs alone (padded positions write nothing, so the pads' own
+    "chunks" change no weights). Returns ``0`` when every row is aligned already (the uniform
+    path), else a ``[B]`` tensor."""
+    B, T = keep.shape
+    if T == 0 or bool(keep[:, 0].all()):
+        return 0
+    pads = torch.where(keep.any(1), keep.to(torch.int8).argmax(1), T)  # leading pads per row
+    offsets = (-pads) % chunk_size
+    return 0 if not bool(offsets.any()) else offsets.long()
