@@ -86,7 +86,10 @@ class HopeConfig(PreTrainedConfig):
         cms_periods (`list[int]`, defaults to `[0, 0]`):
             Update period of each level in tokens (see the module docstring).
         cms_inner_lrs (`list[float]`, defaults to `[0.0, 0.0]`):
-            In-context learning rate of each level.
+            In-context learning rate of each level. In-context levels update the whole batch at
+            the same positions, so a left-padded row equals its sequence alone when its pad
+            count is a multiple of every in-context level's period (the memories of SMT anchor
+            each row's chunks at its first token for any pad count).
         cms_variant (`str`, defaults to `"sequential"`):
             `"sequential"` (Eq. 73), `"nested"` (Eq. 72) or `"independent"` (Eq. 74).
         cms_meta_grad (`str`, defaults to `"second_order"`):
