@@ -6,12 +6,15 @@
 2. Decoding: tokens/s of greedy one-token steps after a context of 1k and of 16k tokens, and the
    memory the cache holds (bytes of the tensors in it) and the process's peak.
 
-Each case runs in its own subprocess, so peak memory belongs to that case alone.
+Each case runs in its own subprocess, so peak memory belongs to that case alone. A family
+name with ``+ckpt`` (e.g. ``hope+ckpt``) trains with activation checkpointing of every block.
 
     python benchmarks/models.py                 # everything (tens of minutes on 2 cores)
     python benchmarks/models.py --quick         # T = 512 and 2048, contexts 256 and 2048
     python benchmarks/models.py --families transformer hope --lengths 2048 8192 --contexts
                                                 # training at T = 2048 and 8192 only
+    python benchmarks/models.py --families hope hope+ckpt --lengths 8192 --contexts
+                                                # memory and time of activation checkpointing
 
 Prints tables and writes ``models.json`` and ``models.png`` to ``--out``.
 """
@@ -60,8 +63,15 @@ def run_case(kind: str, family: str, length: int, steps: int) -> dict:
     from nestlearn.models.presets import preset_config, preset_model_class
 
     torch.manual_seed(0)
-    config = preset_config(family, "tiny")
-    model = preset_model_class(family)(config)
+    base, _, option = family.partition("+")
+    config = preset_config(base, "tiny")
+    model = preset_model_class(base)(config)
+    if option == "ckpt":  # activation checkpointing of every block
+        from nestlearn.models.base import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model)
+    elif option:
+        raise ValueError(f"unknown family option +{option} (known: +ckpt)")
     vocab = config.vocab_size
     if kind == "train":
         batch = max(1, TOKENS_PER_STEP // length)

@@ -194,6 +194,21 @@ def test_left_padding_any_count_equals_each_sequence_alone(name, impl):
         _close(torch.zeros_like(b) if a is None else a, b, f"d/d{n}")
 
 
+def test_l2_normalize_equals_f_normalize_and_is_smooth_at_zero():
+    import torch.nn.functional as F
+
+    from nestlearn.layers.norm import l2_normalize
+
+    x = torch.randn(3, 5, dtype=DT)
+    x[1] = 0.0  # a padded position
+    x.requires_grad_(True)
+    _close(l2_normalize(x), F.normalize(x, dim=-1))
+    (g,) = torch.autograd.grad(l2_normalize(x).sin().sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.square().sum(), x)
+    assert torch.isfinite(g).all() and torch.isfinite(gg).all()
+    assert torch.count_nonzero(gg[1]) == 0
+
+
 def test_causal_conv_streams():
     conv = CausalDepthwiseConv(5, 4).to(DT)
     x = torch.randn(2, 9, 5, dtype=DT)

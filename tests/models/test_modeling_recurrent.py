@@ -181,15 +181,18 @@ def test_left_padded_batch_any_pad_count_equals_each_alone(name):
 
 def test_in_context_cms_left_padding_by_whole_periods_equals_alone():
     """In-context CMS levels share the batch's update positions: a row padded by a multiple of
-    every in-context period (4 and 8 here) equals its sequence alone (documented limit)."""
-    model = make("hope-cms-in-context")
+    every in-context period (4 and 8 here) equals its sequence alone (documented limit). With
+    gradients on, the second-order inner step differentiates through the padded positions:
+    the logits and the outer gradients stay finite (they were NaN through F.normalize)."""
+    model = make("hope-cms-in-context").train()
     seqs = [ids_of(B=1, T=14, seed=3)[0], ids_of(B=1, T=6, seed=4)[0]]
     ids = torch.stack([seqs[0], torch.cat([torch.full((8,), 5), seqs[1]])])
     mask = torch.tensor([[1] * 14, [0] * 8 + [1] * 6])
-    with torch.no_grad():
-        out = model(ids, attention_mask=mask).logits
-        close(out[:1], model(seqs[0][None]).logits, "unpadded row")
-        close(out[1:, 8:], model(seqs[1][None]).logits, "row padded by 8")
+    out = model(ids, attention_mask=mask).logits
+    close(out[:1], model(seqs[0][None]).logits, "unpadded row")
+    close(out[1:, 8:], model(seqs[1][None]).logits, "row padded by 8")
+    out[1:, 8:].square().sum().backward()
+    assert all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -36,3 +36,16 @@ def test_resume_refuses_a_different_config(tmp_path, debug_overrides):
         train(debug_config(debug_overrides, run, "train.steps=3", "optim.lr=0.1"), progress=False)
     longer = train(debug_config(debug_overrides, run, "train.steps=3"), progress=False)
     assert longer.resumed_from == 2 and len(longer.losses) == 3
+
+
+def test_activation_checkpointing_gives_the_same_losses(tmp_path, debug_overrides):
+    """train.activation_checkpointing=true recomputes blocks in the backward pass: the loss
+    curve is the same (float64), and it is a plain bool override."""
+    extra = ("train.steps=4", "train.precision=fp64", "data.seq_len=32")
+    plain = train(debug_config(debug_overrides, tmp_path / "plain", *extra), progress=False)
+    ckpt = train(debug_config(debug_overrides, tmp_path / "ckpt", *extra,
+                              "train.activation_checkpointing=true"), progress=False)
+    assert len(plain.losses) == 4
+    assert ckpt.losses == pytest.approx(plain.losses, rel=1e-12, abs=1e-12)
+    with pytest.raises(ValueError, match="activation_checkpointing"):
+        debug_config(debug_overrides, tmp_path / "bad", "train.activation_checkpointing=3")

@@ -1,4 +1,5 @@
-"""Root-mean-square layer normalisation (Zhang & Sennrich, 2019), as used by Llama and HOPE (D8).
+"""Root-mean-square layer normalisation (Zhang & Sennrich, 2019), as used by Llama and HOPE (D8),
+and the l2 normalisation of keys and queries.
 
 Dimension legend: ``...`` any leading dimensions, D the normalised (last) dimension.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RMSNorm"]
+__all__ = ["RMSNorm", "l2_normalize"]
 
 
 class RMSNorm(nn.Module):
@@ -41,3 +42,12 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
+
+
+def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """``x / max(||x||, eps)`` over the last dimension (the value of ``F.normalize``), written
+    with smooth operations so that a zero vector (a padded position) has a zero gradient at
+    every order. ``F.normalize`` differentiates the norm, whose second derivative at zero is
+    0/0: a second-order meta-gradient through a padded position was NaN."""
+    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True).clamp_min(eps * eps))
+

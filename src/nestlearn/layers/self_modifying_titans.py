@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.layers.conv import CausalDepthwiseConv
+from nestlearn.layers.norm import l2_normalize
 from nestlearn.layers.conv import new_token_mask as _new_token_mask
 from nestlearn.layers.titans_memory import GatedHeadOutput
 from nestlearn.memory import (
@@ -268,11 +269,11 @@ class SelfModifyingTitans(nn.Module):
                 st = replace(st, vec=replace(st.vec, offset=proj),
                              gate=replace(st.gate, offset=proj), main=replace(st.main, offset=main))
         conv_q, conv_k, conv_v = st.conv
-        xh = F.normalize(x.view(B, T, H, d), dim=-1)
+        xh = l2_normalize(x.view(B, T, H, d))
         q_all = None
         if self.q_projection == "static":
             q_lin, conv_q = self.conv_q(self.q_proj(x), state=conv_q)
-            q_all = F.normalize(q_lin.view(B, T, H, d), dim=-1)
+            q_all = l2_normalize(q_lin.view(B, T, H, d))
         beta_all = None if self.beta_proj is None else torch.sigmoid(self.beta_proj(x))  # [B,T,H]
         st = replace(st, conv=(conv_q, conv_k, conv_v))
         # The memories' recurrences run in float32 or wider with autocast off (a bf16 state would
@@ -304,11 +305,11 @@ class SelfModifyingTitans(nn.Module):
             k_raw, v_raw = raw[:, :, :H], raw[:, :, H:2 * H]
             k_lin, conv_k = self.conv_k(k_raw.flatten(2), state=conv_k)
             v_lin, conv_v = self.conv_v(v_raw.flatten(2), state=conv_v)
-            k = F.normalize(k_lin.view(B, L, H, d), dim=-1)
+            k = l2_normalize(k_lin.view(B, L, H, d))
             v = v_lin.view(B, L, H, d)
             if q_all is None:
                 q_lin, conv_q = self.conv_q(raw[:, :, 2 * H:].flatten(2), state=conv_q)
-                q = F.normalize(q_lin.view(B, L, H, d), dim=-1)
+                q = l2_normalize(q_lin.view(B, L, H, d))
             else:
                 q = q_all[:, seg]
             gates = _read_stacked(xs, gate, self.n_gate, "mlp")[..., 0]  # [B, L, n_gate*H]
@@ -426,11 +427,11 @@ class SelfModifyingTitans(nn.Module):
         vx = x[:, :, None] + ax[:, :, G:] @ c1r.mT  # [B, H, R, L, d] (residual, Eq. 89)
         k_lin, conv_k = self.conv_k(public(vx[:, :, 0]), state=conv_k)
         v_lin, conv_v = self.conv_v(public(vx[:, :, 1]), state=conv_v)
-        k = F.normalize(internal(k_lin), dim=-1)  # [B, H, L, d]
+        k = l2_normalize(internal(k_lin))  # [B, H, L, d]
         v = internal(v_lin)
         if q is None:  # adaptive q (Eq. 96)
             q_lin, conv_q = self.conv_q(public(vx[:, :, 2]), state=conv_q)
-            q = F.normalize(internal(q_lin), dim=-1)
+            q = l2_normalize(internal(q_lin))
         alpha_logit = gx[:, :, 1] if G > 1 else None
         eta, alpha = self._rates(gx[:, :, 0], alpha_logit, keep, time_last=True)  # [B, H, L]
 

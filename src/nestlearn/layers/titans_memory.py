@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from nestlearn.layers.conv import CausalDepthwiseConv
 from nestlearn.layers.conv import new_token_mask as _new_token_mask
-from nestlearn.layers.norm import RMSNorm
+from nestlearn.layers.norm import RMSNorm, l2_normalize
 from nestlearn.memory import MemoryState, anchored_offsets, memory_chunked, memory_reference
 
 __all__ = ["GatedHeadOutput", "TitansMemory", "TitansState"]
@@ -189,8 +189,8 @@ class TitansMemory(nn.Module):
         q_lin, cq = self.conv_q(q_lin, state=cq)
         k_lin, ck = self.conv_k(k_lin, state=ck)
         v_lin, cv = self.conv_v(v_lin, state=cv)
-        q = F.normalize(F.silu(q_lin).view(B, T, H, d), dim=-1)
-        k = F.normalize(F.silu(k_lin).view(B, T, H, d), dim=-1)
+        q = l2_normalize(F.silu(q_lin).view(B, T, H, d))
+        k = l2_normalize(F.silu(k_lin).view(B, T, H, d))
         v = F.silu(v_lin).view(B, T, H, d)
         lr = self.lr_max * torch.sigmoid(self.lr_proj(x))  # [B, T, H]
         # bounded away from 0: the memory core takes gate products in log space

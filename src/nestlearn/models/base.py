@@ -50,6 +50,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel
@@ -62,7 +63,16 @@ __all__ = [
     "DecoderModelMixin",
     "NestlearnPreTrainedModel",
     "causal_lm_loss",
+    "enable_activation_checkpointing",
 ]
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Turn on activation checkpointing of every block (``activation_checkpointing_enable``, or
+    its older name ``gradient_checkpointing_enable`` on transformers releases without it). The
+    blocks always use the non-reentrant variant (see ``DecoderModelMixin.forward``)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    (enable or model.gradient_checkpointing_enable)()
 
 
 class NestlearnPreTrainedModel(PreTrainedModel):
@@ -148,12 +158,20 @@ class DecoderModelMixin:
         for i, block in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden += (hidden,)
-            hidden, new_state = block(
-                hidden,
-                state=None if cache is None else cache[i],
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-            )
+            block_kwargs = dict(state=None if cache is None else cache[i],
+                                attention_mask=attention_mask, position_ids=position_ids)
+            if getattr(block, "gradient_checkpointing", False) and self.training and (
+                torch.is_grad_enabled()
+            ):
+                # Activation checkpointing (``model.gradient_checkpointing_enable()``): keep the
+                # block's input, recompute its forward in the backward pass. Always the
+                # non-reentrant variant: a block also returns its recurrent state, whose
+                # tensors the reentrant variant would cut from the graph.
+                hidden, new_state = torch.utils.checkpoint.checkpoint(
+                    block, hidden, use_reentrant=False, **block_kwargs
+                )
+            else:
+                hidden, new_state = block(hidden, **block_kwargs)
             if cache is not None:
                 cache[i] = new_state
         hidden = self.norm(hidden)  # [B, T, D]

@@ -169,6 +169,9 @@ class TrainConfig:
     fp32), ``fp32``, ``bf16`` (autocast) or ``fp64`` (parameters in float64; for tests)."""
     compile: Compile = "none"
     """``model``: ``torch.compile`` the model."""
+    activation_checkpointing: bool = False
+    """Keep only each block's input and recompute the block in the backward pass (less memory,
+    about one more forward pass of time; HOPE's activations are large, see README)."""
     parallel: Parallel = "auto"
     """``auto`` (DDP when launched by ``torchrun`` with several processes), ``none``, ``ddp``,
     ``fsdp`` (FSDP2 ``fully_shard`` per block)."""
@@ -196,6 +199,9 @@ class TrainConfig:
         _positive("train", "seed", self.seed, zero=True)
         _choice("train", "precision", self.precision, typing.get_args(Precision))
         _choice("train", "compile", self.compile, typing.get_args(Compile))
+        if not isinstance(self.activation_checkpointing, bool):
+            raise ValueError("train.activation_checkpointing must be true or false, got "
+                             f"{self.activation_checkpointing!r}")
         _choice("train", "parallel", self.parallel, typing.get_args(Parallel))
         _choice("train", "device", self.device, typing.get_args(Device))
         if not isinstance(self.out_dir, str) or not self.out_dir:

@@ -39,6 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nestlearn.models.base import enable_activation_checkpointing
 from nestlearn.models.cache import output_cache
 from nestlearn.train.checkpoint import (
     latest_checkpoint,
@@ -433,6 +434,8 @@ def _train(config, d: _Dist, *, resume, progress, interrupt_after, tqdm) -> Trai
         raise ValueError(f"data.mode=stream carries the state across windows, and the KV cache of "
                          f"global attention ({config.model.family}) would grow without bound; set "
                          f"model.sliding_window or use data.mode=random")
+    if config.activation_checkpointing:
+        enable_activation_checkpointing(model)
     raw = model
     tokens_per_step = global_rows * config.data.seq_len
 

@@ -52,6 +52,8 @@ __all__ = ["HopeBlock", "HopeCache", "HopeForCausalLM", "HopeModel", "HopePreTra
 class HopeBlock(nn.Module):
     """``x + Mixer(norm(x))`` then the CMS chain; state ``(mixer_state, CMSState)``."""
 
+    gradient_checkpointing = False  # set by model.gradient_checkpointing_enable()
+
     def __init__(self, config: HopeConfig, *, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -115,7 +117,7 @@ class HopePreTrainedModel(NestlearnPreTrainedModel):
     config_class = HopeConfig
     config: HopeConfig
     _no_split_modules = ["HopeBlock"]
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
 
     def _init_weights(self, module: nn.Module) -> None:
         """The only place parameters are initialised: ``nestlearn.models.initialization``."""

@@ -30,6 +30,8 @@ __all__ = ["TitansBlock", "TitansForCausalLM", "TitansModel", "TitansPreTrainedM
 class TitansBlock(nn.Module):
     """One Titans block; state: the memory's ``TitansState`` (lmm) or ``(attention, memory)``."""
 
+    gradient_checkpointing = False  # set by model.gradient_checkpointing_enable()
+
     def __init__(self, config: TitansConfig, *, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -76,7 +78,7 @@ class TitansPreTrainedModel(NestlearnPreTrainedModel):
     config_class = TitansConfig
     config: TitansConfig
     _no_split_modules = ["TitansBlock"]
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
 
     def _init_weights(self, module: nn.Module) -> None:
         """The only place parameters are initialised: ``nestlearn.models.initialization``."""

@@ -44,6 +44,8 @@ class TransformerBlock(nn.Module):
     ``AttentionState``.
     """
 
+    gradient_checkpointing = False  # set by model.gradient_checkpointing_enable()
+
     def __init__(self, config: TransformerConfig, *, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -83,7 +85,7 @@ class TransformerPreTrainedModel(NestlearnPreTrainedModel):
     config_class = TransformerConfig
     config: TransformerConfig
     _no_split_modules: ClassVar[list[str]] = ["TransformerBlock"]
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
 
     def _init_weights(self, module: nn.Module) -> None:
         """The only place parameters of this model are initialised.
