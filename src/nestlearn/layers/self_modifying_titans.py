@@ -57,8 +57,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.layers.conv import CausalDepthwiseConv
-from nestlearn.layers.norm import l2_normalize
 from nestlearn.layers.conv import new_token_mask as _new_token_mask
+from nestlearn.layers.norm import l2_normalize
 from nestlearn.layers.titans_memory import GatedHeadOutput
 from nestlearn.memory import (
     MemoryState,

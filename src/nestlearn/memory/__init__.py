@@ -10,7 +10,8 @@ Memories: ``"linear"`` (a matrix) and the 2-layer MLP of Eq. 89 (``"residual_mlp
 attention, Eq. 14-18) and ``"l2"`` (the delta rule). Update rules: ``"gd"`` and ``"dgd"`` (Delta
 Gradient Descent, Eq. 57/88), with optional per-token retention ``alpha`` and momentum ``beta``
 (Titans Eq. 13-14). Each row of a batch may sit at its own place of its chunk
-(``MemoryState.offset`` a tensor; :func:`anchored_offsets` anchors a left-padded batch). The derivation of the fast path is in ``memory/README.md``.
+(``MemoryState.offset`` a tensor; :func:`anchored_offsets` anchors a left-padded batch).
+The derivation of the fast path is in ``memory/README.md``.
 """
 
 from nestlearn.memory.chunked import memory_chunked, memory_read

@@ -63,7 +63,9 @@ class MemoryState:
             if bool((self.offset < 0).any()):
                 raise ValueError(f"MemoryState.offset must be >= 0, got {self.offset.tolist()}")
         elif not isinstance(self.offset, int) or isinstance(self.offset, bool):
-            raise TypeError(f"MemoryState.offset must be an int or a tensor [B], got {self.offset!r}")
+            raise TypeError(
+                f"MemoryState.offset must be an int or a tensor [B], got {self.offset!r}"
+            )
         elif self.offset < 0:
             raise ValueError(f"MemoryState.offset must be >= 0, got {self.offset}")
 
