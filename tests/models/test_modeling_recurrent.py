@@ -179,6 +179,23 @@ def test_left_padded_batch_any_pad_count_equals_each_alone(name):
             assert gen[b, p:].tolist() == alone[0].tolist(), f"row {b} ({p} pads)"
 
 
+@pytest.mark.parametrize("name", ["hope", "titans"])
+def test_beam_search_on_left_padded_prompts_equals_each_alone(name):
+    """Beam search reorders the cache rows, per-row chunk offsets included: a left-padded batch
+    (0, 1, 3 and 6 pads) returns each prompt's own beam-search result."""
+    model = make(name)
+    T = 10
+    seqs = [ids_of(B=1, T=T - p, seed=20 + b)[0] for b, p in enumerate(PADS)]
+    ids = torch.stack([torch.cat([torch.full((p,), 5), s]) for p, s in zip(PADS, seqs)])
+    mask = torch.tensor([[0] * p + [1] * (T - p) for p in PADS])
+    kwargs = dict(max_new_tokens=4, num_beams=3, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        gen = model.generate(ids, attention_mask=mask, **kwargs)
+        for b, (p, seq) in enumerate(zip(PADS, seqs)):
+            alone = model.generate(seq[None], attention_mask=torch.ones(1, len(seq)), **kwargs)
+            assert gen[b, p:].tolist() == alone[0].tolist(), f"row {b} ({p} pads)"
+
+
 def test_in_context_cms_left_padding_by_whole_periods_equals_alone():
     """In-context CMS levels share the batch's update positions: a row padded by a multiple of
     every in-context period (4 and 8 here) equals its sequence alone (documented limit). With
