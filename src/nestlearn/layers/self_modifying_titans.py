@@ -597,6 +597,7 @@ class _Stack:
         s2 = s1r = s1g = None
         if st.main.momentum is not None:
             s2, s1r, s1g = gather(lambda m: m.momentum)
+
         def offset(m: MemoryState) -> int | tuple[int, ...]:
             rows = _as_rows(m.offset)
             return rows[0] if len(set(rows)) == 1 else rows
@@ -667,6 +668,7 @@ class _Stack:
         same = self.c2 is self.w2 and self.c1r is self.w1r and self.c1g is self.w1g
         cs = ws if same else split(self.c2, self.c1r, self.c1g)
         ss = (None,) * 3 if self.s2 is None else split(self.s2, self.s1r, self.s1g)
+
         def as_state(offset):  # per-row offsets travel in the state as a tensor [B]
             if isinstance(offset, tuple):
                 return torch.tensor(offset, device=self.w2.device)
