@@ -120,3 +120,5 @@ def test_map_selects_row_offsets():
     assert picked.offset.tolist() == [2, 0]
     assert picked.row_offsets(2) == [2, 0]
     assert MemoryState(weights=(w,), offset=1).row_offsets(3) == [1, 1, 1]
+    as_double = st.map(lambda t: t.to(torch.float64))  # a dtype cast keeps integer offsets
+    assert as_double.offset.dtype == torch.long and as_double.weights[0].dtype == torch.float64

@@ -107,7 +107,8 @@ class MemoryState:
             weights=each(self.weights),
             momentum=each(self.momentum),
             chunk_start=each(self.chunk_start),
-            offset=fn(self.offset) if isinstance(self.offset, Tensor) else self.offset,
+            # offsets stay integers whatever ``fn`` does to dtypes (e.g. ``t.to(torch.float64)``)
+            offset=fn(self.offset).long() if isinstance(self.offset, Tensor) else self.offset,
         )
 
 
