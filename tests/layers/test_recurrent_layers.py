@@ -21,6 +21,8 @@ LAYERS = {
     "smt-gd-adaptive-q": lambda: SelfModifyingTitans(
         D, H, chunk_size=4, proj_chunk_size=4, rule="gd", q_projection="adaptive",
         momentum="none", retention="none"),
+    "smt-detach-grids-3-4": lambda: SelfModifyingTitans(D, H, chunk_size=4, proj_chunk_size=3,
+                                                        write_grad="detach"),
     "smt-huber": lambda: SelfModifyingTitans(D, H, chunk_size=4, proj_chunk_size=4,
                                              objective="huber", huber_delta=0.3, eta_max=1.0),
     "titans-mlp": lambda: TitansMemory(D, H, chunk_size=4),
@@ -157,8 +159,8 @@ def _state_tensors(state):
 
 @pytest.mark.parametrize("name,impl", [
     (name, impl)
-    for name in ("smt", "smt-grids-3-4", "smt-gd-adaptive-q", "titans-mlp",
-                 "titans-linear-per-token")
+    for name in ("smt", "smt-grids-3-4", "smt-gd-adaptive-q", "smt-detach-grids-3-4",
+                 "titans-mlp", "titans-linear-per-token")
     for impl in (("chunked", "per_group", "reference") if name.startswith("smt")
                  else ("chunked", "reference"))
 ])
@@ -166,7 +168,11 @@ def test_left_padding_any_count_equals_each_sequence_alone(name, impl):
     """Rows with 0, 1, 3 and 6 leading pads (each row's chunk grid anchored at its first real
     token): outputs, final states (weights, momentum, chunk starts, per-row offsets) and the
     gradients of every parameter equal those of each sequence run alone; the carried state then
-    continues each row exactly (a second call with no padding)."""
+    continues each row exactly (a second call with no padding).
+
+    With ``write_grad="detach"`` the chunk ends inside a row's padding (the last one at its
+    first real token) cut the graph before anything is written, so the meta-learned initial
+    memories get no gradient from padded rows (documented limit); everything else matches."""
     layer = _layer(name)
     T, more = 9, 5
     xs = [torch.randn(1, T - p, D, dtype=DT) for p in PADS]
@@ -190,8 +196,14 @@ def test_left_padding_any_count_equals_each_sequence_alone(name, impl):
         gs = torch.autograd.grad(y_b.square().sum() + y2_b.square().sum(), params,
                                  allow_unused=True)
         g_alone = [a if g is None else a + g for a, g in zip(g_alone, gs)]
+    initial = {"vec_w1", "vec_w2", "gate_w1", "gate_w2", "main_w1", "main_w2"}
+    checked = 0
     for (n, _), a, b in zip(layer.named_parameters(), g_batch, g_alone):
+        if getattr(layer, "write_grad", "full") == "detach" and n in initial:
+            continue
         _close(torch.zeros_like(b) if a is None else a, b, f"d/d{n}")
+        checked += 1
+    assert checked >= 5
 
 
 def test_l2_normalize_equals_f_normalize_and_is_smooth_at_zero():

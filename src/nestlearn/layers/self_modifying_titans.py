@@ -115,7 +115,9 @@ class SelfModifyingTitans(nn.Module):
         momentum: ``"learned"`` (D5) or ``"none"`` (the "w/o momentum" ablation).
         retention: ``"learned"`` or ``"none"`` (alpha = 1, the "w/o weight decay" ablation).
         q_projection: ``"static"`` (Eq. 83, default) or ``"adaptive"`` (a memory, Eq. 96).
-        write_grad: ``"full"`` (D3) or ``"detach"`` (truncate backpropagation at chunk ends).
+        write_grad: ``"full"`` (D3) or ``"detach"`` (truncate backpropagation at chunk ends;
+            a left-padded row's chunk ends inside its padding cut the graph too, so the initial
+            memories get no gradient from padded rows).
         objective: the memories' inner objective, ``"l2"`` (Eq. 85-88) or ``"huber"`` (l2 with
             each token's error norm capped at ``huber_delta``; see ``HopeConfig.smt_objective``).
         huber_delta: the cap of ``objective="huber"``.

@@ -80,7 +80,9 @@ class HopeConfig(PreTrainedConfig):
         q_projection (`str`, defaults to `"static"`):
             `"static"` (Eq. 83) or `"adaptive"` (a memory, Eq. 96).
         write_grad (`str`, defaults to `"full"`):
-            Backpropagation through memory writes: `"full"` (D3) or `"detach"`.
+            Backpropagation through memory writes: `"full"` (D3) or `"detach"` (cut at chunk
+            ends; with left padding the cuts inside a row's padding also stop the gradient to
+            the meta-learned initial memories from that row).
         cms_hidden_sizes (`list[int]`, defaults to `[256, 256]`):
             Hidden width of each CMS level, fastest first.
         cms_periods (`list[int]`, defaults to `[0, 0]`):
