@@ -283,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated model families (hope,transformer,titans)")
     p.add_argument("--lanes", type=int, default=2, help="training processes in parallel (2)")
     p.add_argument("--threads", type=int, default=1, help="threads per process (1)")
-    p.add_argument("--time-limit", type=float, default=13.0,
-                   help="minutes of training before running trainings are stopped (13; 0 = none)")
+    p.add_argument("--time-limit", type=float, default=12.0,
+                   help="minutes of training before running trainings are stopped (12; 0 = none)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_main)
     p = sub.add_parser("demo", help="the memory-core demonstration (chunked vs reference, "

@@ -16,7 +16,7 @@ interrupted ones. The models train in ``lanes`` parallel processes of ``threads`
 (default 2 x 1: on two cores, HOPE's sequential chunk loop gains little from a second thread, so
 HOPE trains in one process while Transformer++ and then Titans train in the other).
 
-``time_limit`` (minutes, wall clock, default 13) guards the 15-minute budget on a slow machine: a
+``time_limit`` (minutes, wall clock, default 12) guards the 15-minute budget on a slow machine: a
 training still running then is stopped through its SIGTERM path (it finishes the step, saves a
 checkpoint and exits), evaluated from that checkpoint, and the report says so.
 """
@@ -58,7 +58,7 @@ class MainJob:
     """Validation windows scored: ``eval_batches`` x ``batch_size`` windows of ``seq_len``."""
     lanes: int = 2
     threads: int = 1
-    time_limit: float = 13.0
+    time_limit: float = 12.0
     """Minutes of wall clock for training before running trainings are stopped (0: none)."""
     prompt: str = "KING HENRY:"
     sample_tokens: int = 60
