@@ -380,6 +380,22 @@ def run_main_job(job: MainJob, *, progress: bool = True) -> Path:
     return report
 
 
+def _equal_steps(models: dict[str, dict[str, Any]]) -> list[str]:
+    """When the models trained different numbers of steps (a time limit stopped some), their
+    training losses at the fewest steps any of them trained: the comparison on equal tokens."""
+    curves = {m["name"]: m["train_curve"] for m in models.values() if m["train_curve"]}
+    if len({c[-1][0] for c in curves.values()}) < 2:
+        return []
+    step = min(c[-1][0] for c in curves.values())
+    cells = []
+    for name, curve in curves.items():
+        at = [(s, loss) for s, loss in curve if s <= step][-1:]  # the last logged step <= step
+        cells.append(f"{name} {at[0][1]:.3f} (step {at[0][0]})" if at else f"{name} -")
+    return ["", f"Equal-tokens comparison (the models trained different numbers of steps): "
+                f"training loss at step {step} or the last logged step before it: "
+                + ", ".join(cells) + "."]
+
+
 def _report(job: MainJob, r: dict[str, Any], levels: str | None, plots: list[str]) -> str:
     tok = r["tokens_per_step"]
     lines = [
@@ -402,6 +418,7 @@ def _report(job: MainJob, r: dict[str, Any], levels: str | None, plots: list[str
         lines.append(f"| {FAMILY_NAMES.get(f, f)} | - | - | - | - | - | - | {why} |")
     lines.append(f"| unigram (train-split frequencies, add-one) | - | - | - | "
                  f"{r['unigram_val_loss']:.3f} | {r['unigram_val_ppl']:.1f} | - | fitted |")
+    lines += _equal_steps(r["models"])
     lines += ["", f"Wall clock: data {r['data_prep_s']:.0f} s, training + evaluation "
               f"{r['train_wall_s'] / 60:.1f} min, total {r['total_s'] / 60:.1f} min.", ""]
     if r.get("failed") or any(m["status"] != "trained" for m in r["models"].values()):

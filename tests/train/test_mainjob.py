@@ -66,3 +66,19 @@ def test_a_diverging_model_is_reported_not_fatal(tmp_path, debug_overrides):
                   extra=[*debug_overrides, "optim.eps=0"])  # 0/0 for unused embedding rows
     text = run_main_job(job, progress=False).read_text()
     assert "diverged (training loss is" in text
+
+
+def test_report_compares_models_at_equal_steps_when_a_limit_stopped_one():
+    from nestlearn.mainjob import _equal_steps
+
+    models = {
+        "hope": {"name": "HOPE", "train_curve": [(10, 7.0), (20, 6.5), (30, 6.2)]},
+        "transformer": {"name": "Transformer++", "train_curve": [(10, 7.1), (20, 6.4), (40, 5.9)]},
+    }
+    (blank, line) = _equal_steps(models)
+    assert blank == ""
+    assert "step 30" in line and "HOPE 6.200 (step 30)" in line
+    assert "Transformer++ 6.400 (step 20)" in line  # the last logged step <= 30
+    models["transformer"]["train_curve"][-1] = (30, 6.0)
+    assert _equal_steps(models) == []  # same number of steps: nothing to add
+
