@@ -65,6 +65,7 @@ def memory_reference(
 
     def rows(mask: Tensor) -> Tensor:  # [B] -> [B, 1, 1, 1] against [B, H, O, I]
         return mask.view(B, 1, 1, 1)
+
     lr_eff = _core.effective_lr(a)  # [B, H, T]
     w_in = _core.input_side(memory)
 
