@@ -76,7 +76,6 @@ class _ShortCausalConv(torch.autograd.Function):
     def backward(ctx, g):
         xp, w = ctx.saved_tensors
         K = w.shape[-1]
-        T = g.shape[1]
         wt = w[:, 0].t()
         gxp = None
         if ctx.needs_input_grad[0]:

@@ -406,7 +406,6 @@ class _AdvanceWeight(torch.autograd.Function):
         need = ctx.needs_input_grad
         W, S, u, x, kp, K, dt, r, mt, eta_e, eta_b, z, y, rho = saved
         f = _Flat(ctx.lead)
-        N = f.N
         Wf, Sf, uf, xf, kpf, Kf = (f.mat(t) for t in (W, S, u, x, kp, K))
         dtf, rf, mtf = (f.scalar(t) for t in (dt, r, mt))
         g = dict.fromkeys(("W", "S", "u", "x", "kp", "K", "dt", "r", "mt", "eta_e", "eta_b",
