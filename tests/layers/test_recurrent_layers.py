@@ -215,6 +215,10 @@ def test_l2_normalize_equals_f_normalize_and_is_smooth_at_zero():
     x[1] = 0.0  # a padded position
     x.requires_grad_(True)
     _close(l2_normalize(x), F.normalize(x, dim=-1))
+    w = torch.randn(3, 5, dtype=DT)
+    (g_ours,) = torch.autograd.grad((l2_normalize(x) * w).sum(), x)
+    (g_ref,) = torch.autograd.grad((F.normalize(x, dim=-1) * w).sum(), x)
+    _close(g_ours, g_ref, "first-order gradient")
     (g,) = torch.autograd.grad(l2_normalize(x).sin().sum(), x, create_graph=True)
     (gg,) = torch.autograd.grad(g.square().sum(), x)
     assert torch.isfinite(g).all() and torch.isfinite(gg).all()
