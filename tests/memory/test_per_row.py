@@ -9,7 +9,13 @@ import dataclasses
 import pytest
 import torch
 
-from nestlearn.memory import MemoryState, memory_chunked, memory_reference
+from nestlearn.memory import (
+    MemoryState,
+    anchored_offsets,
+    memory_chunked,
+    memory_reference,
+    written_rows,
+)
 
 from ._cases import Rule, call, grads, make_inputs, scalar_of, state_tensors
 
@@ -122,3 +128,66 @@ def test_map_selects_row_offsets():
     assert MemoryState(weights=(w,), offset=1).row_offsets(3) == [1, 1, 1]
     as_double = st.map(lambda t: t.to(torch.float64))  # a dtype cast keeps integer offsets
     assert as_double.offset.dtype == torch.long and as_double.weights[0].dtype == torch.float64
+
+
+PADS = [0, 2, 5]  # leading "padding" tokens (lr = 0, alpha = 1) of three rows
+
+
+@pytest.mark.parametrize("T", [5, 8, 11])
+@pytest.mark.parametrize("rule", RULES[::2], ids=lambda r: r.id)
+def test_written_rows_keep_the_initial_state_in_the_graph_under_detach(rule, T):
+    """``MemoryState.written``: with ``write_grad="detach"`` a chunk end cuts only rows that
+    have written (lr > 0). Rows with 0/2/5 leading tokens that write nothing, anchored like a
+    left-padded batch: chunked == reference (outputs, states, flags, gradients), and each row
+    equals its real tokens run alone, including the gradient reaching the shared initial
+    weights (without the flags the padding's chunk ends cut it)."""
+    leaves, state = make_inputs(rule, B=3, T=T)  # initial weights [H, O, I], shared
+    with torch.no_grad():
+        for b, p in enumerate(PADS):
+            leaves["lr"][b, :p] = 0.0
+            if leaves["alpha"] is not None:
+                leaves["alpha"][b, :p] = 1.0
+    keep = torch.tensor([[False] * p + [True] * (T - p) for p in PADS])
+    st = dataclasses.replace(state, offset=anchored_offsets(keep, C), written=written_rows(keep))
+    assert st.written.tolist() == [False] * 3
+    o_fast, s_fast = call(memory_chunked, rule, leaves, st, C, write_grad="detach")
+    o_ref, s_ref = call(memory_reference, rule, leaves, st, C, write_grad="detach")
+    assert s_fast.written.tolist() == s_ref.written.tolist() == [T > p for p in PADS]
+    _close(o_fast, o_ref, "outputs")
+    for i, (a, b) in enumerate(zip(state_tensors(s_ref), state_tensors(s_fast))):
+        _close(a, b, f"state tensor {i}")
+    g_fast = grads(leaves, scalar_of(o_fast, s_fast))
+    g_ref = grads(leaves, scalar_of(o_ref, s_ref))
+    for name in g_ref:
+        _close(g_ref[name], g_fast[name], f"d/d{name}")
+    # each row alone from its first real token; the initial weights sum the rows' gradients
+    names = ("q", "k", "v", "lr", "alpha", "beta")
+    weights = [leaves[n] for n in ("W0", "W1")]
+    total_alone = 0.0
+    for b, p in enumerate(PADS):
+        part = {n: None if leaves[n] is None else leaves[n][b:b + 1, p:] for n in names}
+        o_b, s_b = call(memory_chunked, rule, part, state, C, write_grad="detach")
+        _close(o_fast[b:b + 1, p:], o_b, f"row {b} outputs")
+        total_alone = total_alone + o_b.square().sum()
+    o_fast, _ = call(memory_chunked, rule, leaves, st, C, write_grad="detach")  # fresh graph
+    total = sum(o_fast[b:b + 1, p:].square().sum() for b, p in enumerate(PADS))
+    g_batch = torch.autograd.grad(total, weights)
+    g_alone = torch.autograd.grad(total_alone, weights)
+    for i, (a, b) in enumerate(zip(g_batch, g_alone)):
+        assert bool(b.abs().max() > 0)
+        _close(a, b, f"d/dW{i} (initial weights)")
+
+
+def test_written_flags_are_validated_and_follow_row_selection():
+    w = torch.randn(3, 1, 2, 2)
+    st = MemoryState(weights=(w,), written=torch.tensor([True, False, False]))
+    picked = st.map(lambda t: t.index_select(0, torch.tensor([1, 0])).to(torch.float64))
+    assert picked.written.dtype == torch.bool and picked.written.tolist() == [False, True]
+    with pytest.raises(TypeError, match="written"):
+        MemoryState(weights=(w,), written=torch.tensor([1, 0, 0]))
+    rule = RULES[0]
+    leaves, state = make_inputs(rule, B=2, T=3)
+    with pytest.raises(ValueError, match="written"):
+        call(memory_chunked, rule, leaves,
+             dataclasses.replace(state, written=torch.zeros(3, dtype=torch.bool)), C)
+    assert written_rows(torch.ones(2, 4, dtype=torch.bool)) is None

@@ -67,6 +67,7 @@ from nestlearn.memory import (
     memory_chunked,
     memory_read,
     memory_reference,
+    written_rows,
 )
 from nestlearn.memory.chunked import advance_weight, chunk_coefficients
 
@@ -115,9 +116,9 @@ class SelfModifyingTitans(nn.Module):
         momentum: ``"learned"`` (D5) or ``"none"`` (the "w/o momentum" ablation).
         retention: ``"learned"`` or ``"none"`` (alpha = 1, the "w/o weight decay" ablation).
         q_projection: ``"static"`` (Eq. 83, default) or ``"adaptive"`` (a memory, Eq. 96).
-        write_grad: ``"full"`` (D3) or ``"detach"`` (truncate backpropagation at chunk ends;
-            a left-padded row's chunk ends inside its padding cut the graph too, so the initial
-            memories get no gradient from padded rows).
+        write_grad: ``"full"`` (D3) or ``"detach"`` (truncate backpropagation at the chunk
+            ends of rows that have written; a left-padded row's chunk ends inside its padding
+            keep its graph to the initial memories, ``MemoryState.written``).
         objective: the memories' inner objective, ``"l2"`` (Eq. 85-88) or ``"huber"`` (l2 with
             each token's error norm capped at ``huber_delta``; see ``HopeConfig.smt_objective``).
         huber_delta: the cap of ``objective="huber"``.
@@ -268,8 +269,10 @@ class SelfModifyingTitans(nn.Module):
             if state is None:  # each row's chunks start at its first real token
                 proj = anchored_offsets(keep, self.proj_chunk_size)
                 main = anchored_offsets(keep, self.chunk_size)
-                st = replace(st, vec=replace(st.vec, offset=proj),
-                             gate=replace(st.gate, offset=proj), main=replace(st.main, offset=main))
+                w = written_rows(keep)  # padding's chunk ends keep the initial memories' graph
+                st = replace(st, vec=replace(st.vec, offset=proj, written=w),
+                             gate=replace(st.gate, offset=proj, written=w),
+                             main=replace(st.main, offset=main, written=w))
         conv_q, conv_k, conv_v = st.conv
         xh = l2_normalize(x.view(B, T, H, d))
         q_all = None
@@ -475,9 +478,13 @@ class SelfModifyingTitans(nn.Module):
         # 5. the main memory reads q at its chunk-start weights (Eq. 90, 94)
         o = q + F.silu(q @ c2[:, :, (M - 1) * h:].mT) @ c1r[:, :, R - 1].mT  # [B, H, L, d]
 
+        written = stk.written
+        if written is not None:  # a row has written once it has a real token
+            written = written | keep.flatten(1).any(1) if keep is not None else None
         new = stk.advanced(
             (w2, w1r, w1g), (s2, s1r, s1g), L=L, proj_chunk=self.proj_chunk_size,
             main_chunk=self.chunk_size, detach=self.write_grad == "detach", h=h,
+            written=written,
         )
         return o, new, (conv_q, conv_k, conv_v)
 
@@ -577,6 +584,7 @@ class _Stack:
     main_offset: int | tuple[int, ...]
     G: int
     V: int
+    written: Tensor | None = None
 
     @classmethod
     def from_state(cls, st: SMTState, G: int, V: int, B: int, H: int, dtype) -> _Stack:
@@ -605,17 +613,18 @@ class _Stack:
             return rows[0] if len(set(rows)) == 1 else rows
 
         return cls(w2, w1r, w1g, s2, s1r, s1g, c2, c1r, c1g, offset(st.vec), offset(st.main),
-                   G, V)
+                   G, V, st.main.written)
 
     def zero_momentum(self) -> _Stack:
         return replace(self, s2=torch.zeros_like(self.w2), s1r=torch.zeros_like(self.w1r),
                        s1g=torch.zeros_like(self.w1g))
 
     def advanced(self, W, S, *, L: int, proj_chunk: int, main_chunk: int, detach: bool,
-                 h: int) -> _Stack:
+                 h: int, written: Tensor | None) -> _Stack:
         """The stack after a segment of ``L`` tokens with new weights ``W`` and momentum ``S``
         (each ``(w2, w1r, w1g)``): a group whose chunk ends takes its new weights as chunk start
-        (and with ``detach`` cuts the graph there, like ``memory_chunked``)."""
+        (and with ``detach`` cuts the graph there, like ``memory_chunked``, in the rows that
+        have written: ``written`` after the segment, ``None`` = all rows)."""
         po, mo = _shift(self.proj_offset, L, proj_chunk), _shift(self.main_offset, L, main_chunk)
 
         def ended(offset):  # bool, or one bool per row
@@ -641,14 +650,21 @@ class _Stack:
                              dim)
 
         if detach and any(map(any, (d if isinstance(d, tuple) else (d,) for d in done))):
-            W = tuple(by_group(w.detach(), w, sp, dm, done) for w, sp, dm in zip(W, splits, dims))
+            if written is None:
+                def cut(new: Tensor, sp, dm) -> Tensor:
+                    return by_group(new.detach(), new, sp, dm, done)
+            else:  # rows that have written nothing keep their graph to the initial memories
+                def cut(new: Tensor, sp, dm) -> Tensor:
+                    rows = written.view([-1] + [1] * (new.ndim - 1))
+                    return torch.where(_row_mask(new, sp, dm, done) & rows, new.detach(), new)
+            W = tuple(cut(w, sp, dm) for w, sp, dm in zip(W, splits, dims))
             if S[0] is not None:
-                S = tuple(by_group(s.detach(), s, sp, dm, done)
-                          for s, sp, dm in zip(S, splits, dims))
+                S = tuple(cut(s, sp, dm) for s, sp, dm in zip(S, splits, dims))
         C = tuple(by_group(w, c, sp, dm, done)
                   for w, c, sp, dm in zip(W, (self.c2, self.c1r, self.c1g), splits, dims))
         return replace(self, w2=W[0], w1r=W[1], w1g=W[2], s2=S[0], s1r=S[1], s1g=S[2],
-                       c2=C[0], c1r=C[1], c1g=C[2], proj_offset=po, main_offset=mo)
+                       c2=C[0], c1r=C[1], c1g=C[2], proj_offset=po, main_offset=mo,
+                       written=written)
 
     def to_state(self, conv) -> SMTState:
         G, V = self.G, self.V
@@ -678,7 +694,7 @@ class _Stack:
 
         offsets = tuple(map(as_state, (self.proj_offset, self.proj_offset, self.main_offset)))
         gate, vec, main = (
-            MemoryState(weights=w, momentum=s, chunk_start=c, offset=off)
+            MemoryState(weights=w, momentum=s, chunk_start=c, offset=off, written=self.written)
             for w, s, c, off in zip(ws, ss, cs, offsets)
         )
         return SMTState(vec=vec, gate=gate, main=main, conv=conv)

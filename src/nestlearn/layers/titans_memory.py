@@ -29,7 +29,13 @@ from torch import Tensor, nn
 from nestlearn.layers.conv import CausalDepthwiseConv
 from nestlearn.layers.conv import new_token_mask as _new_token_mask
 from nestlearn.layers.norm import RMSNorm, l2_normalize
-from nestlearn.memory import MemoryState, anchored_offsets, memory_chunked, memory_reference
+from nestlearn.memory import (
+    MemoryState,
+    anchored_offsets,
+    memory_chunked,
+    memory_reference,
+    written_rows,
+)
 
 __all__ = ["GatedHeadOutput", "TitansMemory", "TitansState"]
 
@@ -183,7 +189,8 @@ class TitansMemory(nn.Module):
             x = x * keep.to(x.dtype)
             if state is None:  # each row's chunks start at its first real token
                 offset = anchored_offsets(keep[..., 0], self.chunk_size)
-                st = replace(st, memory=replace(st.memory, offset=offset))
+                st = replace(st, memory=replace(st.memory, offset=offset,
+                                                written=written_rows(keep[..., 0])))
         q_lin, k_lin, v_lin = self.qkv_proj(x).chunk(3, dim=-1)
         cq, ck, cv = st.conv
         q_lin, cq = self.conv_q(q_lin, state=cq)

@@ -10,12 +10,16 @@ Memories: ``"linear"`` (a matrix) and the 2-layer MLP of Eq. 89 (``"residual_mlp
 attention, Eq. 14-18) and ``"l2"`` (the delta rule). Update rules: ``"gd"`` and ``"dgd"`` (Delta
 Gradient Descent, Eq. 57/88), with optional per-token retention ``alpha`` and momentum ``beta``
 (Titans Eq. 13-14). Each row of a batch may sit at its own place of its chunk
-(``MemoryState.offset`` a tensor; :func:`anchored_offsets` anchors a left-padded batch).
+(``MemoryState.offset`` a tensor; :func:`anchored_offsets` anchors a left-padded batch and
+:func:`written_rows` keeps its padding from cutting the graph under ``write_grad="detach"``).
 The derivation of the fast path is in ``memory/README.md``.
 """
 
 from nestlearn.memory.chunked import memory_chunked, memory_read
 from nestlearn.memory.reference import memory_reference
-from nestlearn.memory.state import MemoryState, anchored_offsets
+from nestlearn.memory.state import MemoryState, anchored_offsets, written_rows
 
-__all__ = ["MemoryState", "anchored_offsets", "memory_chunked", "memory_read", "memory_reference"]
+__all__ = [
+    "MemoryState", "anchored_offsets", "memory_chunked", "memory_read", "memory_reference",
+    "written_rows",
+]

@@ -146,6 +146,11 @@ def check_args(
                 f"per row), got shape {tuple(offsets.shape)}"
             )
         offsets = int(offsets.max()) if offsets.numel() else 0
+    if state.written is not None and state.written.shape != (B,):
+        raise ValueError(
+            f"initial_state.written must be None or a bool tensor of shape [{B}], got shape "
+            f"{tuple(state.written.shape)}"
+        )
     if offsets >= chunk_size:
         raise ValueError(
             f"initial_state.offset ({state.offset}) must be < chunk_size ({chunk_size}); a "
@@ -202,6 +207,7 @@ def _check_state(state, *, memory, B, H, Dk, Dv, q, dtype) -> MemoryState:
         momentum=fit("momentum", state.momentum),
         chunk_start=fit("chunk_start", state.chunk_start),
         offset=state.offset,
+        written=state.written,
     )
 
 

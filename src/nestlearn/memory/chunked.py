@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nestlearn.memory import _core
-from nestlearn.memory.state import MemoryState
+from nestlearn.memory.state import MemoryState, cut_rows
 
 __all__ = ["memory_chunked", "memory_read"]
 
@@ -124,6 +124,7 @@ def memory_chunked(
     S = (st.momentum or tuple(torch.zeros_like(w) for w in W)) if with_momentum else None
     outs = []
     Wc = st.chunk_start
+    written = st.written  # [B] or None (README section 9)
     for start, n, L in groups:
         sl = slice(start, start + n * L)
 
@@ -135,6 +136,11 @@ def memory_chunked(
             chunks(log_alpha), chunks(log_beta), chunks(eta), Kg,
             dgd=rule == "dgd", per_token=read == "per_token",
         )
+        written_after = None  # [B, n]: whether each row has written by the end of each chunk
+        if written is not None:
+            wrote = (chunks(eta) > 0).any(-1).any(1)  # [B, n]
+            written_after = (wrote.cumsum(1) > 0) | written[:, None]
+            written = written_after[:, -1]
         per_chunk = _unbind_chunks(co, Kg, Vg)
         saved = []  # what the reads need from each chunk
         for c_idx, (co_c, K_c, V_c) in enumerate(per_chunk):
@@ -147,8 +153,13 @@ def memory_chunked(
             saved.append((Wc, W_prev, S_prev, grad))
             completes = st.offset + L == C if continuing else L == C
             if completes and write_grad == "detach":
-                W = tuple(w.detach() for w in W)
-                S = None if S is None else tuple(s.detach() for s in S)
+                if written_after is None:
+                    W = tuple(w.detach() for w in W)
+                    S = None if S is None else tuple(s.detach() for s in S)
+                else:  # rows that have written nothing keep their graph to the initial state
+                    cut = written_after[:, c_idx].view(B, 1, 1, 1)
+                    W = tuple(torch.where(cut, w.detach(), w) for w in W)
+                    S = None if S is None else tuple(torch.where(cut, s.detach(), s) for s in S)
         if read == "chunk_start":
             Wc_g = tuple(torch.stack(ws, dim=2) for ws in zip(*(s[0] for s in saved)))
             outs.append(_core.apply_memory(memory, Wc_g, Qg))
@@ -156,7 +167,8 @@ def memory_chunked(
             outs.append(_read_per_token(memory, Qg, Kg, saved, co))
     o = torch.cat([x.flatten(2, 3) for x in outs], dim=2)  # [B, H, T, Dv]
     offset = (st.offset + T) % C
-    final = MemoryState(weights=W, momentum=S, chunk_start=Wc if offset else W, offset=offset)
+    final = MemoryState(weights=W, momentum=S, chunk_start=Wc if offset else W, offset=offset,
+                        written=written)
     return _core.to_public(o, a.out_dtype), final
 
 
@@ -184,7 +196,7 @@ def _per_row(inputs, st: MemoryState, offsets: list[int], C: int, write_grad, kw
     def rows(flags: list[bool]) -> Tensor:  # -> [B, 1, 1, 1] against [B, H, O, I]
         return torch.tensor(flags, device=device).view(B, 1, 1, 1)
 
-    W, S, Wc = st.weights, st.momentum, st.chunk_start
+    W, S, Wc, written = st.weights, st.momentum, st.chunk_start, st.written
     outs = []
     for i, (L, offs) in enumerate(plan):
         starts = rows([o == 0 for o in offs])
@@ -192,12 +204,13 @@ def _per_row(inputs, st: MemoryState, offsets: list[int], C: int, write_grad, kw
         piece = [None if p is None else p[i] for p in pieces]
         o, nxt = memory_chunked(
             *piece, chunk_size=C, write_grad="full", **kw,
-            initial_state=MemoryState(weights=W, momentum=S, chunk_start=Wc, offset=C - L),
+            initial_state=MemoryState(weights=W, momentum=S, chunk_start=Wc, offset=C - L,
+                                      written=written),
         )
-        W, S = nxt.weights, nxt.momentum
+        W, S, written = nxt.weights, nxt.momentum, nxt.written
         ends = [(o_ + L) % C == 0 for o_ in offs]
         if write_grad == "detach" and any(ends):
-            cut = rows(ends)
+            cut = cut_rows(rows(ends), None if written is None else written.view(B, 1, 1, 1))
             W = tuple(torch.where(cut, w.detach(), w) for w in W)
             S = None if S is None else tuple(torch.where(cut, s.detach(), s) for s in S)
         outs.append(o)
@@ -205,6 +218,7 @@ def _per_row(inputs, st: MemoryState, offsets: list[int], C: int, write_grad, kw
     final = MemoryState(
         weights=W, momentum=S, chunk_start=tuple(torch.where(ends, w, c) for w, c in zip(W, Wc)),
         offset=torch.tensor(offsets, dtype=st.offset.dtype, device=st.offset.device),
+        written=written,
     )
     return torch.cat(outs, dim=1), final
 

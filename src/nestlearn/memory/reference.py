@@ -12,7 +12,9 @@ NL Eq. 57/88/90):
     read = M(W_c; q_t)  for read="chunk_start" (Eq. 90),  M(W_t; q_t)  for read="per_token".
 
 Rows may sit at different places of their chunks (``initial_state.offset`` a tensor ``[B]``):
-each row then starts its chunks at its own tokens (``W_c`` is chosen row by row).
+each row then starts its chunks at its own tokens (``W_c`` is chosen row by row). With
+``write_grad="detach"`` a chunk end cuts the graph of a row that has written (``lr > 0``) at
+least once, or of every row when ``initial_state.written`` is ``None``.
 
 With ``chunk_size=1`` this is exact online learning. It is deliberately slow and obvious; the
 fast path in ``chunked.py`` must reproduce it (outputs, final state and gradients).
@@ -67,6 +69,7 @@ def memory_reference(
         return mask.view(B, 1, 1, 1)
 
     lr_eff = _core.effective_lr(a)  # [B, H, T]
+    written = st.written  # None: every row counts as written
     w_in = _core.input_side(memory)
 
     def inner_loss(weights: tuple[Tensor, ...], k_t: Tensor, v_t: Tensor) -> Tensor:
@@ -95,8 +98,10 @@ def memory_reference(
         read_from = Wc if read == "chunk_start" else W
         outs.append(_core.apply_memory(memory, tuple(read_from), q_t))
         offset = (offset + 1) % chunk_size
-        if write_grad == "detach":  # cut the graph at the rows whose chunk ends here
-            ends = rows(offset == 0)
+        if written is not None:  # rows that have taken a step so far
+            written = written | (lr_eff[:, :, t] > 0).any(1)
+        if write_grad == "detach":  # cut the graph at the written rows whose chunk ends here
+            ends = rows(offset == 0 if written is None else (offset == 0) & written)
             W = [torch.where(ends, w.detach(), w) for w in W]
             S = None if S is None else [torch.where(ends, s.detach(), s) for s in S]
     T = a.k.shape[2]
@@ -107,6 +112,7 @@ def memory_reference(
         momentum=None if S is None else tuple(S),
         chunk_start=tuple(torch.where(ends, w, c) for w, c in zip(W, Wc)),
         offset=offset if per_row else int(offset[0]) if B else (st.offset + T) % chunk_size,
+        written=written,
     )
     return _core.to_public(o, a.out_dtype), final
 

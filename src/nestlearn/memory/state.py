@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-__all__ = ["MemoryState", "anchored_offsets"]
+__all__ = ["MemoryState", "anchored_offsets", "cut_rows", "written_rows"]
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,19 @@ class MemoryState:
             integer tensor ``[B]`` with one offset per row: a left-padded batch anchors each
             row's chunk grid at its first real token, so a row's chunks are those of the
             sequence run alone (``memory/README.md`` section 9).
+        written: ``None`` (every row has written), or a bool tensor ``[B]`` marking the rows
+            that have written at least one token (``lr > 0``) since the stream began. With
+            ``write_grad="detach"`` a chunk end cuts the graph of written rows only: a row that
+            has written nothing still holds its initial weights, and cutting there would drop
+            its gradient to them (a left-padded row's chunk ends inside its padding; README
+            section 9). Layers set it to all-False on a fresh state with leading padding.
     """
 
     weights: tuple[Tensor, ...]
     momentum: tuple[Tensor, ...] | None = None
     chunk_start: tuple[Tensor, ...] | None = None
     offset: int | Tensor = 0
+    written: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.weights, tuple) or not all(
@@ -68,6 +75,15 @@ class MemoryState:
             )
         elif self.offset < 0:
             raise ValueError(f"MemoryState.offset must be >= 0, got {self.offset}")
+        if self.written is not None and (
+            not isinstance(self.written, Tensor) or self.written.dtype != torch.bool
+            or self.written.ndim != 1
+        ):
+            raise TypeError(
+                "MemoryState.written must be None or a 1-D bool tensor [B], got "
+                + (f"a {self.written.dtype} tensor of shape {tuple(self.written.shape)}"
+                   if isinstance(self.written, Tensor) else repr(self.written))
+            )
 
     @classmethod
     def zeros_linear(
@@ -109,6 +125,7 @@ class MemoryState:
             chunk_start=each(self.chunk_start),
             # offsets stay integers whatever ``fn`` does to dtypes (e.g. ``t.to(torch.float64)``)
             offset=fn(self.offset).long() if isinstance(self.offset, Tensor) else self.offset,
+            written=None if self.written is None else fn(self.written).bool(),
         )
 
 
@@ -126,3 +143,19 @@ def anchored_offsets(keep: Tensor, chunk_size: int) -> int | Tensor:
     pads = torch.where(keep.any(1), keep.to(torch.int8).argmax(1), T)  # leading pads per row
     offsets = (-pads) % chunk_size
     return 0 if not bool(offsets.any()) else offsets.long()
+
+
+def written_rows(keep: Tensor) -> Tensor | None:
+    """The ``written`` flags of a fresh state about to read ``keep: [B, T]`` (True = real
+    token): all False when some row starts with padding (so that chunk ends inside the padding
+    do not cut its initial weights from the graph), ``None`` when every row starts with a real
+    token (nothing to track)."""
+    if keep.shape[1] == 0 or bool(keep[:, 0].all()):
+        return None
+    return torch.zeros(keep.shape[0], dtype=torch.bool, device=keep.device)
+
+
+def cut_rows(ends: Tensor | bool, written: Tensor | None) -> Tensor | bool:
+    """Which rows a ``write_grad="detach"`` chunk end cuts: those whose chunk ends (``ends``, a
+    bool or a bool tensor ``[B]``) and that have written (``written``, ``None`` = all)."""
+    return ends if written is None else written & ends

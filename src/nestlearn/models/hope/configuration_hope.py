@@ -81,8 +81,8 @@ class HopeConfig(PreTrainedConfig):
             `"static"` (Eq. 83) or `"adaptive"` (a memory, Eq. 96).
         write_grad (`str`, defaults to `"full"`):
             Backpropagation through memory writes: `"full"` (D3) or `"detach"` (cut at chunk
-            ends; with left padding the cuts inside a row's padding also stop the gradient to
-            the meta-learned initial memories from that row).
+            ends; chunk ends inside a row's left padding do not cut, so a padded row's
+            gradient still reaches the meta-learned initial memories).
         cms_hidden_sizes (`list[int]`, defaults to `[256, 256]`):
             Hidden width of each CMS level, fastest first.
         cms_periods (`list[int]`, defaults to `[0, 0]`):
