@@ -29,7 +29,7 @@ def _cmd_main(args: argparse.Namespace) -> int:
     from nestlearn.mainjob import MainJob, run_main_job
 
     job = MainJob(out=args.out, steps=args.steps, lanes=args.lanes, threads=args.threads,
-                  time_limit=args.time_limit,
+                  time_limit=args.time_limit, calibrate=not args.no_calibrate,
                   families=tuple(f.strip() for f in args.families.split(",") if f.strip()))
     try:
         report = run_main_job(job, progress=not args.quiet)
@@ -284,7 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lanes", type=int, default=2, help="training processes in parallel (2)")
     p.add_argument("--threads", type=int, default=1, help="threads per process (1)")
     p.add_argument("--time-limit", type=float, default=12.0,
-                   help="minutes of training before running trainings are stopped (12; 0 = none)")
+                   help="minutes of probe + training before running trainings are stopped "
+                   "(12; 0 = none)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="no speed probe: train --steps steps even if they do not fit the time "
+                   "limit (by default every model trains the steps that fit it, at most --steps)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_main)
     p = sub.add_parser("demo", help="the memory-core demonstration (chunked vs reference, "

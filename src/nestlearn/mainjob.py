@@ -10,15 +10,30 @@ validation windows, compares them with a unigram model fitted on the training sp
     <out>/context.png    validation loss by position in the window (NL Fig. 10's context curve)
     <out>/results.json   every number of the report
     <out>/runs/<family>/ the training runs (checkpoints, metrics.jsonl, model/, train.log)
+    <out>/calibration.json  the step count N of every run and how the probe chose it
+    <out>/probe/<family>/   the probe's short runs (train.log, metrics.jsonl; weights deleted)
 
 Runs are ordinary ``nestlearn train`` runs: running the job again reuses finished runs and resumes
 interrupted ones. The models train in ``lanes`` parallel processes of ``threads`` threads each
 (default 2 x 1: on two cores, HOPE's sequential chunk loop gains little from a second thread, so
 HOPE trains in one process while Transformer++ and then Titans train in the other).
 
-``time_limit`` (minutes, wall clock, default 12) guards the 15-minute budget on a slow machine: a
-training still running then is stopped through its SIGTERM path (it finishes the step, saves a
-checkpoint and exits), evaluated from that checkpoint, and the report says so.
+``time_limit`` (minutes, wall clock, default 12) guards the 15-minute budget on a slow machine.
+So that every model still trains the same number of steps, a calibration probe (``calibrate``,
+:func:`_plan`) first trains ``PROBE_STEPS`` steps of each model with the real run's command and
+settings, in ``<out>/probe/<family>/`` and in the same lanes (so the same start-up cost, threads
+and contention), and reads seconds per step, per evaluation and per process start from the
+probe's ``metrics.jsonl`` and wall clock. :func:`calibrated_steps` (pure) then picks the largest
+``N <= steps`` whose predicted makespan (per lane: its models' ``N`` x seconds per step plus
+start-up and evaluations, the slowest lane deciding) fills at most ``BUDGET_FRACTION`` of the time
+left after the probe (the limit's clock starts before the probe); all models train ``N`` steps,
+at least ``MIN_STEPS``. Warm-up scales with ``N / steps``; evaluations (4) and checkpoints (8)
+keep their number. ``calibrate=False`` or no time limit: no probe, ``steps``. The time limit
+stays the safety net: a training still running when it passes is stopped through its SIGTERM
+path (it finishes the step, saves a checkpoint and exits), evaluated from that checkpoint, and
+the report says so. The plan is recorded in ``<out>/calibration.json``: a later invocation
+whose runs already started reuses it without probing (same ``N``, warm-up and schedule, so
+finished runs are reused and stopped ones resume); delete ``<out>/runs`` to plan afresh.
 """
 
 from __future__ import annotations
@@ -26,18 +41,29 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MainJob", "run_main_job"]
+__all__ = ["MainJob", "calibrated_steps", "predicted_makespan", "run_main_job"]
 
 FAMILY_NAMES = {"hope": "HOPE", "transformer": "Transformer++", "titans": "Titans (LMM)"}
+PROBE_STEPS = 4
+"""Steps of a probe run: 1 warm-up, 2 timed, 1 timed after an evaluation (:func:`_probe_timing`)."""
+BUDGET_FRACTION = 0.85
+"""Share of the time left after the probe that the planned training may fill (the rest absorbs
+the error of a prediction from two timed steps)."""
+MIN_STEPS = 10
+"""Steps trained when not even these fit the time limit (the limit then stops what runs over)."""
+TRAIN_EVALS = 4
+"""Validation evaluations during a run (3 intermediate + the final one, for any step count)."""
 
 
 @dataclass
@@ -59,7 +85,11 @@ class MainJob:
     lanes: int = 2
     threads: int = 1
     time_limit: float = 12.0
-    """Minutes of wall clock for training before running trainings are stopped (0: none)."""
+    """Minutes of wall clock for the probe and training before running trainings are stopped
+    (0: none)."""
+    calibrate: bool = True
+    """With a time limit, probe each model's speed first and train every model the same number
+    of steps that fits the limit (at most ``steps``); False: ``steps``, the limit stops the rest."""
     prompt: str = "KING HENRY:"
     sample_tokens: int = 60
     extra: list[str] = field(default_factory=list)
@@ -83,14 +113,26 @@ class MainJob:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not (self.time_limit >= 0):
             raise ValueError(f"time_limit must be >= 0 minutes, got {self.time_limit!r}")
+        if not isinstance(self.calibrate, bool):
+            raise ValueError(f"calibrate must be True or False, got {self.calibrate!r}")
 
-    def overrides(self, family: str) -> list[str]:
+    def warmup(self, steps: int) -> int:
+        """Warm-up steps of a run of ``steps`` steps: ``warmup_steps`` scaled by
+        ``steps / self.steps`` (rounded, at least 1 unless ``warmup_steps`` is 0)."""
+        if steps >= self.steps or self.warmup_steps <= 0:
+            return self.warmup_steps
+        return max(1, round(self.warmup_steps * steps / self.steps))
+
+    def overrides(self, family: str, steps: int | None = None) -> list[str]:
+        """The ``--set`` overrides of ``family``'s run of ``steps`` (default ``self.steps``):
+        warm-up scaled to it (:meth:`warmup`), ``TRAIN_EVALS`` evaluations, 8 checkpoints."""
+        steps = self.steps if steps is None else steps
         out = Path(self.out) / "runs" / family
-        return [f"train.out_dir={out}", f"train.steps={self.steps}",
+        return [f"train.out_dir={out}", f"train.steps={steps}",
                 f"data.seq_len={self.seq_len}", f"data.batch_size={self.batch_size}",
-                f"optim.lr={self.lr}", f"optim.warmup_steps={self.warmup_steps}",
-                "train.log_every=5", f"train.eval_every={max(1, self.steps // 4)}",
-                "train.eval_batches=4", f"train.checkpoint_every={max(1, self.steps // 8)}",
+                f"optim.lr={self.lr}", f"optim.warmup_steps={self.warmup(steps)}",
+                "train.log_every=5", f"train.eval_every={-(-steps // TRAIN_EVALS)}",
+                "train.eval_batches=4", f"train.checkpoint_every={-(-steps // 8)}",
                 "train.keep_checkpoints=2", "train.precision=fp32", *self.extra]
 
 
@@ -101,9 +143,10 @@ class MainJob:
 class _Lane(threading.Thread):
     """Trains and evaluates its families one after another in child processes."""
 
-    def __init__(self, job: MainJob, families: list[str], deadline: float | None) -> None:
+    def __init__(self, job: MainJob, families: list[str], deadline: float | None,
+                 steps: int) -> None:
         super().__init__(daemon=True)
-        self.job, self.families, self.deadline = job, families, deadline
+        self.job, self.families, self.deadline, self.steps = job, families, deadline, steps
         self.current: subprocess.Popen | None = None
         self.status: dict[str, str] = {}
         self.error: str | None = None
@@ -122,6 +165,10 @@ class _Lane(threading.Thread):
                 self.current = None
         return code
 
+    def _train_cmd(self, family: str, sets: list[str]) -> list[str]:
+        return [sys.executable, "-m", "nestlearn", "train", self.job.recipe, "--family", family,
+                "--quiet", "--set", *sets]
+
     def stop(self) -> None:
         """SIGTERM the running child: a training saves a checkpoint at the end of its step."""
         with self._lock:
@@ -139,9 +186,8 @@ class _Lane(threading.Thread):
                     self.status[family] = "skipped (time limit)"
                     continue
                 self.status[family] = "training"
-                cmd = [sys.executable, "-m", "nestlearn", "train", self.job.recipe, "--family", family,
-                       "--quiet", "--set", *self.job.overrides(family)]
-                code = self._run(cmd, log)
+                code = self._run(self._train_cmd(family, self.job.overrides(family, self.steps)),
+                                 log)
                 diverged = _diverged(log)
                 if code not in (0, 130) and diverged is None:
                     raise RuntimeError(f"training {family} failed (exit {code}); see {log}:\n"
@@ -157,6 +203,222 @@ class _Lane(threading.Thread):
                     raise RuntimeError(f"evaluating {family} failed; see {log}:\n" + _tail(log))
         except Exception as err:  # noqa: BLE001 - reported by the main thread
             self.error = str(err)
+
+
+class _ProbeLane(_Lane):
+    """Trains ``PROBE_STEPS`` steps of each of its families in ``<out>/probe/<family>`` (a fresh
+    run directory each time, never the real run's) and times them (:func:`_probe_timing`)."""
+
+    def __init__(self, job: MainJob, families: list[str], deadline: float | None) -> None:
+        super().__init__(job, families, deadline, PROBE_STEPS)
+        self.timings: dict[str, dict[str, float]] = {}
+
+    def run(self) -> None:
+        try:
+            for family in self.families:
+                run_dir = Path(self.job.out) / "probe" / family
+                shutil.rmtree(run_dir, ignore_errors=True)
+                run_dir.mkdir(parents=True)
+                # the real run's settings; evaluation (and checkpoint) after step PROBE_STEPS - 1
+                sets = [*self.job.overrides(family, self.job.steps), f"train.out_dir={run_dir}",
+                        f"train.steps={PROBE_STEPS}", "train.log_every=1",
+                        f"train.eval_every={PROBE_STEPS - 1}",
+                        f"train.checkpoint_every={PROBE_STEPS - 1}"]
+                start = time.monotonic()
+                code = self._run(self._train_cmd(family, sets), run_dir / "train.log")
+                timing = _probe_timing(run_dir, time.monotonic() - start) if code == 0 else None
+                if timing is None:
+                    self.status[family] = f"not timed (exit {code}, see {run_dir / 'train.log'})"
+                else:
+                    self.timings[family] = timing
+                for weights in ("checkpoints", "model"):
+                    shutil.rmtree(run_dir / weights, ignore_errors=True)
+        except Exception as err:  # noqa: BLE001 - reported by the main thread
+            self.error = str(err)
+
+
+def _probe_timing(run_dir: Path, wall_s: float) -> dict[str, float] | None:
+    """Seconds of a probe run, from the per-step ``tokens_per_s`` of its ``metrics.jsonl`` (the
+    interval from the end of one step to the end of the next) and the process's wall clock:
+
+    * ``step``: the mean of steps 2 and 3;
+    * ``first_step``: what step 1 takes beyond that (warm-up);
+    * ``evaluation``: step 4 minus a step: the evaluation of ``train.eval_batches`` batches and
+      the checkpoint after step 3;
+    * ``process``: the rest of the wall clock minus the final evaluation: start-up (imports,
+      token cache, model) and the final save;
+    * ``eval_batches``: the batches of one evaluation.
+
+    None when the run logged fewer than ``PROBE_STEPS`` steps."""
+    sec: dict[int, float] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("tokens_per_s"):
+            sec[int(r["step"])] = r["tokens"] / r["step"] / r["tokens_per_s"]
+    if any(i not in sec for i in range(1, PROBE_STEPS + 1)):
+        return None
+    step = (sec[2] + sec[3]) / 2
+    evaluation = max(0.0, sec[4] - step)
+    config = json.loads((run_dir / "train_config.json").read_text())["config"]
+    return {"step": step, "first_step": max(0.0, sec[1] - step), "evaluation": evaluation,
+            "process": max(0.0, wall_s - sum(sec.values()) - evaluation),
+            "eval_batches": float(config["train"]["eval_batches"])}
+
+
+def _run_overhead(timing: dict[str, float], eval_batches: int) -> float:
+    """Seconds of a real run besides its steps: two processes (training, then ``nestlearn eval``
+    of ``eval_batches`` batches), the first step's warm-up and ``TRAIN_EVALS`` evaluations (each
+    with a checkpoint; the checkpoints between evaluations, ~0.1 s each, are not counted)."""
+    per_batch = timing["evaluation"] / max(1.0, timing["eval_batches"])
+    return (2 * timing["process"] + timing["first_step"] + TRAIN_EVALS * timing["evaluation"]
+            + eval_batches * per_batch)
+
+
+def predicted_makespan(steps: int, sec_per_step: Mapping[str, float],
+                       lanes: Sequence[Sequence[str]], overhead: Mapping[str, float]) -> float:
+    """Seconds until the slowest lane is done when every family trains ``steps`` steps: a lane
+    runs its families one after another, each ``steps * sec_per_step[f] + overhead[f]``."""
+    return max((sum(steps * sec_per_step[f] + overhead[f] for f in lane) for lane in lanes),
+               default=0.0)
+
+
+def calibrated_steps(sec_per_step: Mapping[str, float], lanes: Sequence[Sequence[str]], *,
+                     overhead: Mapping[str, float], limit_s: float, max_steps: int,
+                     fraction: float = BUDGET_FRACTION, min_steps: int = MIN_STEPS) -> int:
+    """The largest ``n <= max_steps`` whose :func:`predicted_makespan` fits ``fraction`` of
+    ``limit_s`` seconds; ``min(min_steps, max_steps)`` when the largest that fits is smaller
+    (fewer steps would compare little more than warm-ups; the time limit stops what overruns).
+
+    ``lanes`` run in parallel, the families of a lane one after another; every family of
+    ``lanes`` needs ``sec_per_step`` (>= 0) and ``overhead`` (seconds of start-up and
+    evaluation per run, >= 0)."""
+    for name, value in (("max_steps", max_steps), ("min_steps", min_steps)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not (isinstance(limit_s, (int, float)) and limit_s > 0 and math.isfinite(limit_s)):
+        raise ValueError(f"limit_s must be a positive number of seconds, got {limit_s!r}")
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    for name, table in (("sec_per_step", sec_per_step), ("overhead", overhead)):
+        for f in {f for lane in lanes for f in lane}:
+            value = table.get(f)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}[{f!r}] must be a number >= 0 (seconds), got {value!r}")
+    budget = fraction * limit_s
+    n = max_steps
+    for lane in lanes:
+        rate = sum(sec_per_step[f] for f in lane)
+        room = budget - sum(overhead[f] for f in lane)
+        if room < 0:
+            n = 0
+        elif rate > 0:
+            n = min(n, math.floor(room / rate * (1 + 1e-12)))
+    return min(max_steps, max(n, min_steps))
+
+
+def _started(run_dir: Path) -> bool:
+    """Whether a real run has a checkpoint or its final model (its step count is then fixed)."""
+    from nestlearn.train.checkpoint import latest_checkpoint
+
+    return (run_dir / "model" / "model.safetensors").is_file() or (
+        latest_checkpoint(run_dir) is not None)
+
+
+def _lanes(job: MainJob) -> list[list[str]]:
+    """The families of each lane: by default HOPE (the slowest) alone in lane 0, the rest in 1."""
+    lanes: list[list[str]] = [[] for _ in range(min(job.lanes, len(job.families)))]
+    for i, family in enumerate(job.families):
+        lanes[min(i, len(lanes) - 1)].append(family)
+    return lanes
+
+
+def _drive(lanes: Sequence[_Lane], deadline: float | None,
+           tick: Callable[[], None] | None = None) -> None:
+    """Run the lanes to their end, SIGTERMing their children once ``deadline`` has passed."""
+    for lane in lanes:
+        lane.start()
+    stopped = False
+    while any(lane.is_alive() for lane in lanes):
+        time.sleep(0.5)
+        if tick is not None:
+            tick()
+        if deadline is not None and time.monotonic() > deadline and not stopped:
+            stopped = True
+            for lane in lanes:
+                lane.stop()
+    for lane in lanes:
+        lane.join()
+    errors = [lane.error for lane in lanes if lane.error]
+    if errors:
+        raise RuntimeError(errors[0])
+
+
+def _plan(job: MainJob, deadline: float | None) -> dict[str, Any]:
+    """The step count of every run of this invocation and how it was chosen (written to
+    ``<out>/calibration.json``; see the module docstring)."""
+    out = Path(job.out)
+    path = out / "calibration.json"
+    plan: dict[str, Any] = {"steps": job.steps, "max_steps": job.steps, "outcome": "not calibrated",
+                            "reused": False}
+    if any(_started(out / "runs" / f) for f in job.families):
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        if saved and saved.get("max_steps") == job.steps:
+            print(f"[main] steps: {saved['steps']}, reused from {path} (the runs started in an "
+                  f"earlier invocation)", flush=True)
+            return {**saved, "reused": True}
+        plan["reason"] = (f"{job.steps} steps (not calibrated: runs of an earlier invocation "
+                          f"without a calibration record for --steps {job.steps} are reused)")
+    elif not job.calibrate:
+        plan["reason"] = f"{job.steps} steps (not calibrated: calibrate is off)"
+    elif not job.time_limit or deadline is None:
+        plan["reason"] = f"{job.steps} steps (not calibrated: no time limit)"
+    else:
+        plan.update(_probe(job, deadline))
+    plan["warmup_steps"] = job.warmup(plan["steps"])
+    print(f"[main] steps: {plan['reason']}", flush=True)
+    path.write_text(json.dumps(plan, indent=1) + "\n")
+    return plan
+
+
+def _probe(job: MainJob, deadline: float) -> dict[str, Any]:
+    """Time every family in its lane and plan the steps (:func:`calibrated_steps`)."""
+    t0 = time.monotonic()
+    print(f"[main] calibration probe: {PROBE_STEPS} steps of {', '.join(job.families)} "
+          f"(logs in {Path(job.out) / 'probe'}/<family>/train.log) ...", flush=True)
+    probes = [_ProbeLane(job, fams, deadline) for fams in _lanes(job)]
+    _drive(probes, deadline)
+    timings = {f: t for lane in probes for f, t in lane.timings.items()}
+    untimed = {f: why for lane in probes for f, why in lane.status.items()}
+    sec = {f: t["step"] for f, t in timings.items()}
+    overhead = {f: _run_overhead(t, job.eval_batches) for f, t in timings.items()}
+    lanes = [[f for f in lane if f in timings] for lane in _lanes(job)]
+    left = deadline - time.monotonic()
+    budget = BUDGET_FRACTION * left
+    plan: dict[str, Any] = {"probe_s": time.monotonic() - t0, "sec_per_step": sec,
+                            "overhead_s": overhead, "timings": timings, "untimed": untimed,
+                            "limit_left_s": left, "fraction": BUDGET_FRACTION, "budget_s": budget}
+    if not timings or left <= 0:
+        return {**plan, "reason": f"{job.steps} steps (not calibrated: the probe timed no model"
+                                  + (")" if left > 0 else " within the time limit)")}
+    n = calibrated_steps(sec, lanes, overhead=overhead, limit_s=left, max_steps=job.steps,
+                         fraction=BUDGET_FRACTION)
+    predicted = predicted_makespan(n, sec, lanes, overhead)
+    speeds = ", ".join(f"{FAMILY_NAMES.get(f, f)} {s:.2f}" for f, s in sec.items())
+    fit = (f"predicted {predicted / 60:.1f} min for the slowest lane, budget {budget / 60:.1f} "
+           f"min = {BUDGET_FRACTION:.0%} of the {left / 60:.1f} min left after the probe; "
+           f"s/step: {speeds}")
+    if predicted > budget:
+        outcome, reason = "minimum", (f"not even {n} steps fit the time limit by the probe's "
+                                      f"timings; training the minimum of {n} of {job.steps} steps, "
+                                      f"the time limit stops what runs over ({fit})")
+    elif n == job.steps:
+        outcome, reason = "fits", f"all {n} steps fit the time limit ({fit})"
+    else:
+        outcome = "calibrated"
+        reason = f"calibrated to the time limit: {n} of {job.steps} steps ({fit})"
+    if untimed:
+        reason += f"; not timed: {', '.join(untimed)}"
+    return {**plan, "steps": n, "outcome": outcome, "predicted_s": predicted, "reason": reason}
 
 
 def _diverged(log: Path) -> str | None:
@@ -183,38 +445,26 @@ def _last_step(run_dir: Path) -> int:
     return step
 
 
-def _train_all(job: MainJob, *, progress: bool) -> dict[str, str]:
+def _train_all(job: MainJob, steps: int, deadline: float | None, *,
+               progress: bool) -> dict[str, str]:
     from tqdm.auto import tqdm
 
-    lanes_families: list[list[str]] = [[] for _ in range(min(job.lanes, len(job.families)))]
-    for i, family in enumerate(job.families):  # HOPE (slowest) alone in lane 0 by default
-        lanes_families[min(i, len(lanes_families) - 1)].append(family)
-    start = time.monotonic()
-    deadline = start + 60 * job.time_limit if job.time_limit else None
-    lanes = [_Lane(job, fams, deadline) for fams in lanes_families]
-    bars = {f: tqdm(total=job.steps, desc=f"{f:<12}", unit="step", position=i, leave=True,
+    lanes = [_Lane(job, fams, deadline, steps) for fams in _lanes(job)]
+    bars = {f: tqdm(total=steps, desc=f"{f:<12}", unit="step", position=i, leave=True,
                     disable=not progress, dynamic_ncols=True, mininterval=1.0)
             for i, f in enumerate(job.families)}
-    for lane in lanes:
-        lane.start()
-    stopped = False
-    while any(lane.is_alive() for lane in lanes):
-        time.sleep(1.0)
+
+    def tick() -> None:
         for f, bar in bars.items():
             step = _last_step(Path(job.out) / "runs" / f)
             if step > bar.n:
                 bar.update(step - bar.n)
-        if deadline is not None and time.monotonic() > deadline and not stopped:
-            stopped = True
-            for lane in lanes:
-                lane.stop()
-    for lane in lanes:
-        lane.join()
-    for bar in bars.values():
-        bar.close()
-    errors = [lane.error for lane in lanes if lane.error]
-    if errors:
-        raise RuntimeError(errors[0])
+
+    try:
+        _drive(lanes, deadline, tick)
+    finally:
+        for bar in bars.values():
+            bar.close()
     return {f: s for lane in lanes for f, s in lane.status.items()}
 
 
@@ -338,19 +588,24 @@ def run_main_job(job: MainJob, *, progress: bool = True) -> Path:
     prep_s = time.monotonic() - t0
     print(f"[main] corpus {', '.join(d.sources)}: {len(data.train):,} training / "
           f"{len(data.validation):,} validation tokens ({d.tokenizer} {data.tokenizer.vocab_size}); training "
-          f"{', '.join(job.families)} for {job.steps} steps x {job.batch_size * job.seq_len:,} "
-          f"tokens in {job.lanes} lane(s); logs in {out / 'runs'}/<family>/train.log", flush=True)
+          f"{', '.join(job.families)} for up to {job.steps} steps x "
+          f"{job.batch_size * job.seq_len:,} tokens in {job.lanes} lane(s); logs in "
+          f"{out / 'runs'}/<family>/train.log", flush=True)
 
-    t1 = time.monotonic()
-    status = _train_all(job, progress=progress)
-    train_s = time.monotonic() - t1
+    t1 = time.monotonic()  # the time limit covers the probe and the training
+    deadline = t1 + 60 * job.time_limit if job.time_limit else None
+    plan = _plan(job, deadline)
+    probe_s = time.monotonic() - t1
+    status = _train_all(job, plan["steps"], deadline, progress=progress)
+    train_s = time.monotonic() - t1 - probe_s
     unigram, scored = _unigram(job)
 
     results: dict[str, Any] = {
-        "job": asdict(job), "tokens_per_step": job.batch_size * job.seq_len,
+        "job": asdict(job), "steps": plan["steps"], "calibration": plan,
+        "tokens_per_step": job.batch_size * job.seq_len,
         "unigram_val_loss": unigram, "unigram_val_ppl": math.exp(unigram),
-        "scored_tokens": scored, "data_prep_s": prep_s, "train_wall_s": train_s,
-        "torch": torch.__version__, "models": {}}
+        "scored_tokens": scored, "data_prep_s": prep_s, "probe_s": probe_s,
+        "train_wall_s": train_s, "torch": torch.__version__, "models": {}}
     levels = None
     for f in job.families:
         run_dir = out / "runs" / f
@@ -396,16 +651,31 @@ def _equal_steps(models: dict[str, dict[str, Any]]) -> list[str]:
                 + ", ".join(cells) + "."]
 
 
+def _calibration(plan: dict[str, Any]) -> list[str]:
+    """The report's paragraph on the step count: the probe's timings and the choice."""
+    text = f"Steps: {plan['reason']}."
+    if plan.get("sec_per_step"):
+        per = ", ".join(f"{FAMILY_NAMES.get(f, f)} {plan['sec_per_step'][f]:.2f} s/step + "
+                        f"{plan['overhead_s'][f]:.0f} s" for f in plan["sec_per_step"])
+        text += (f" The probe ({plan['probe_s']:.0f} s, before training, in `probe/`) trained "
+                 f"{PROBE_STEPS} steps of each model in the lanes of the real runs and measured "
+                 f"seconds per step + start-up and evaluation per run: {per}.")
+    if plan.get("reused"):
+        text += " (Planned by an earlier invocation, `calibration.json`; its runs were reused.)"
+    return ["", text]
+
+
 def _report(job: MainJob, r: dict[str, Any], levels: str | None, plots: list[str]) -> str:
-    tok = r["tokens_per_step"]
+    tok, steps = r["tokens_per_step"], r["steps"]
     lines = [
         "# nestlearn main job: tiny HOPE vs Transformer++ vs Titans on the bundled corpus", "",
-        f"Each model: the `{job.recipe}` recipe (equal parameter count), {job.steps} AdamW steps of "
-        f"{job.batch_size} x {job.seq_len} = {tok:,} tokens ({job.steps * tok:,} tokens), lr "
-        f"{job.lr} with {job.warmup_steps} warm-up steps then cosine, float32, "
+        f"Each model: the `{job.recipe}` recipe (equal parameter count), {steps} AdamW steps of "
+        f"{job.batch_size} x {job.seq_len} = {tok:,} tokens ({steps * tok:,} tokens), lr "
+        f"{job.lr} with {job.warmup(steps)} warm-up steps then cosine, float32, "
         f"{job.lanes} process(es) x {job.threads} thread(s). Validation: the first "
         f"{job.eval_batches * job.batch_size} windows of {job.seq_len} tokens of the validation "
-        f"split ({r['scored_tokens']:,} scored tokens, the same for every row).", "",
+        f"split ({r['scored_tokens']:,} scored tokens, the same for every row).",
+        *_calibration(r["calibration"]), "",
         "| model | parameters | steps | train loss | val loss | val ppl | train tokens/s "
         "(1 thread) | status |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
@@ -419,8 +689,9 @@ def _report(job: MainJob, r: dict[str, Any], levels: str | None, plots: list[str
     lines.append(f"| unigram (train-split frequencies, add-one) | - | - | - | "
                  f"{r['unigram_val_loss']:.3f} | {r['unigram_val_ppl']:.1f} | - | fitted |")
     lines += _equal_steps(r["models"])
-    lines += ["", f"Wall clock: data {r['data_prep_s']:.0f} s, training + evaluation "
-              f"{r['train_wall_s'] / 60:.1f} min, total {r['total_s'] / 60:.1f} min.", ""]
+    lines += ["", f"Wall clock: data {r['data_prep_s']:.0f} s, calibration probe "
+              f"{r['probe_s']:.0f} s, training + evaluation {r['train_wall_s'] / 60:.1f} min, "
+              f"total {r['total_s'] / 60:.1f} min.", ""]
     if r.get("failed") or any(m["status"] != "trained" for m in r["models"].values()):
         lines += ["Rows whose status is not `trained` did not train the full budget in this "
                   "invocation (`reused`: a finished run from an earlier invocation; `stopped`: "

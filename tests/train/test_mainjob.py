@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from nestlearn import cli
+from nestlearn import cli, mainjob
 from nestlearn.eval import unigram_log_probs, unigram_loss
-from nestlearn.mainjob import MainJob, run_main_job
+from nestlearn.mainjob import MainJob, calibrated_steps, predicted_makespan, run_main_job
 
 
 def test_main_job_trains_evaluates_and_reports(tmp_path, debug_overrides):
@@ -28,10 +28,14 @@ def test_main_job_trains_evaluates_and_reports(tmp_path, debug_overrides):
     assert "HOPE's levels" in text and "CMS level 1" in text
     for png in ("loss.png", "context.png"):
         assert (tmp_path / png).stat().st_size > 1000
+    # the default probe: 4 debug steps take milliseconds, so all 4 steps fit the 12 minutes
+    assert results["calibration"]["outcome"] == "fits" and results["steps"] == 4
+    assert "Steps: all 4 steps fit the time limit" in text
     # a second invocation reuses the finished runs (no retraining: same metrics files)
     before = (tmp_path / "runs" / "hope" / "metrics.jsonl").read_text()
     run_main_job(job, progress=False)
     assert (tmp_path / "runs" / "hope" / "metrics.jsonl").read_text() == before
+    assert json.loads((tmp_path / "results.json").read_text())["calibration"]["reused"]
 
 
 def test_main_job_rejects_bad_settings():
@@ -41,7 +45,10 @@ def test_main_job_rejects_bad_settings():
         MainJob(recipe="huge")
     with pytest.raises(ValueError, match="steps"):
         MainJob(steps=0)
+    with pytest.raises(ValueError, match="calibrate must be True or False"):
+        MainJob(calibrate="yes")
     assert cli.main(["main", "--families", "hope,nope"]) == 2
+    assert cli.main(["main", "--no-calibrate", "--families", "nope"]) == 2
 
 
 def test_unigram_baseline_matches_counting_by_hand():
@@ -66,6 +73,7 @@ def test_a_diverging_model_is_reported_not_fatal(tmp_path, debug_overrides):
                   extra=[*debug_overrides, "optim.eps=0"])  # 0/0 for unused embedding rows
     text = run_main_job(job, progress=False).read_text()
     assert "diverged (training loss is" in text
+    assert "Steps: 6 steps (not calibrated: the probe timed no model)" in text  # it diverged too
 
 
 def test_report_compares_models_at_equal_steps_when_a_limit_stopped_one():
@@ -82,3 +90,109 @@ def test_report_compares_models_at_equal_steps_when_a_limit_stopped_one():
     models["transformer"]["train_curve"][-1] = (30, 6.0)
     assert _equal_steps(models) == []  # same number of steps: nothing to add
 
+
+
+# The calibration probe (the step count that fits the time limit)
+
+SEC = {"hope": 10.0, "transformer": 1.5, "titans": 3.5}
+OVERHEAD = {"hope": 100.0, "transformer": 20.0, "titans": 30.0}
+TWO_LANES = [["hope"], ["transformer", "titans"]]
+
+
+def test_calibrated_steps_keeps_all_steps_when_everything_fits():
+    # slowest lane at 160 steps: hope 1600 + 100 s; 85% of 3000 s = 2550 s
+    assert calibrated_steps(SEC, TWO_LANES, overhead=OVERHEAD, limit_s=3000, max_steps=160) == 160
+    assert predicted_makespan(160, SEC, TWO_LANES, OVERHEAD) == 1700
+
+
+def test_calibrated_steps_shrinks_to_the_slowest_lane():
+    # 85% of 600 s = 510 s: hope fits (510 - 100) / 10 = 41 steps, lane 1 (510 - 50) / 5 = 92
+    n = calibrated_steps(SEC, TWO_LANES, overhead=OVERHEAD, limit_s=600, max_steps=160)
+    assert n == 41
+    assert predicted_makespan(41, SEC, TWO_LANES, OVERHEAD) <= 510
+    assert predicted_makespan(42, SEC, TWO_LANES, OVERHEAD) > 510
+    # a budget hit exactly is still a fit
+    assert calibrated_steps(SEC, TWO_LANES, overhead=OVERHEAD, limit_s=510, max_steps=160,
+                            fraction=1.0) == 41
+
+
+def test_calibrated_steps_sums_the_families_of_a_lane():
+    # lane 1 decides when its two models together are slower than HOPE alone
+    sec = {"hope": 2.0, "transformer": 3.0, "titans": 4.0}
+    n = calibrated_steps(sec, TWO_LANES, overhead=OVERHEAD, limit_s=600, max_steps=160)
+    assert n == (510 - 50) // 7 == 65
+    # one lane: everything one after another, 15 s per step and 150 s of overhead
+    one = [["hope", "transformer", "titans"]]
+    assert calibrated_steps(SEC, one, overhead=OVERHEAD, limit_s=600, max_steps=160) == 24
+    # three lanes: HOPE alone decides
+    three = [["hope"], ["transformer"], ["titans"]]
+    assert calibrated_steps(SEC, three, overhead=OVERHEAD, limit_s=600, max_steps=160) == 41
+
+
+def test_calibrated_steps_trains_a_minimum_when_nothing_fits():
+    # 85% of 100 s = 85 s < HOPE's 100 s overhead: the minimum of 10 steps
+    assert calibrated_steps(SEC, TWO_LANES, overhead=OVERHEAD, limit_s=100, max_steps=160) == 10
+    # 85% of 200 s = 170 s: 7 steps would fit, fewer than the minimum
+    assert calibrated_steps(SEC, TWO_LANES, overhead=OVERHEAD, limit_s=200, max_steps=160) == 10
+    assert calibrated_steps(SEC, TWO_LANES, overhead=OVERHEAD, limit_s=100, max_steps=6) == 6
+    assert calibrated_steps(SEC, TWO_LANES, overhead=OVERHEAD, limit_s=100, max_steps=160,
+                            min_steps=1) == 1
+
+
+def test_calibrated_steps_rejects_bad_input():
+    kw = {"overhead": OVERHEAD, "limit_s": 600, "max_steps": 160}
+    with pytest.raises(ValueError, match=r"sec_per_step\['hope'\] must be a number >= 0"):
+        calibrated_steps({"transformer": 1.0, "titans": 1.0}, TWO_LANES, **kw)
+    with pytest.raises(ValueError, match=r"overhead\['titans'\]"):
+        calibrated_steps(SEC, TWO_LANES, **{**kw, "overhead": {"hope": 1, "transformer": 1}})
+    with pytest.raises(ValueError, match="limit_s must be a positive number"):
+        calibrated_steps(SEC, TWO_LANES, **{**kw, "limit_s": 0})
+    with pytest.raises(ValueError, match="max_steps must be a positive int"):
+        calibrated_steps(SEC, TWO_LANES, **{**kw, "max_steps": 0})
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        calibrated_steps(SEC, TWO_LANES, **kw, fraction=1.5)
+
+
+def test_fewer_steps_scale_the_warmup_and_keep_the_cadence():
+    job = MainJob()
+    assert [job.warmup(n) for n in (160, 80, 41, 10, 1)] == [20, 10, 5, 1, 1]
+    assert MainJob(warmup_steps=0).warmup(10) == 0
+    sets = dict(o.split("=", 1) for o in job.overrides("hope", 41))
+    assert sets["train.steps"] == "41" and sets["optim.warmup_steps"] == "5"
+    assert sets["train.eval_every"] == "11" and sets["train.checkpoint_every"] == "6"
+    sets = dict(o.split("=", 1) for o in job.overrides("hope"))
+    assert sets["train.steps"] == "160" and sets["train.eval_every"] == "40"
+
+
+@pytest.mark.slow  # ~60 s: five rounds of child processes (probe, train, eval, train, eval)
+def test_probe_plans_equal_steps_and_a_rerun_reuses_the_plan(tmp_path, debug_overrides,
+                                                              monkeypatch):
+    """The real probe path on the debug recipe; a budget fraction of ~0 makes every prediction
+    overrun, so the job trains the documented minimum (10 of 12 steps) whatever the speed."""
+    monkeypatch.setattr(mainjob, "BUDGET_FRACTION", 1e-9)
+    job = MainJob(out=str(tmp_path), recipe="debug_cpu", families=("hope", "transformer"),
+                  steps=12, seq_len=32, batch_size=4, eval_batches=1, warmup_steps=6,
+                  sample_tokens=4, extra=list(debug_overrides))
+    text = run_main_job(job, progress=False).read_text()
+    results = json.loads((tmp_path / "results.json").read_text())
+    plan = results["calibration"]
+    assert plan["outcome"] == "minimum" and plan["steps"] == results["steps"] == 10
+    assert "training the minimum of 10 of 12 steps" in text and "s/step" in text
+    for f in ("hope", "transformer"):
+        assert plan["sec_per_step"][f] > 0 and plan["overhead_s"][f] > 0
+        probe = tmp_path / "probe" / f
+        steps = [json.loads(line)["step"] for line in (probe / "metrics.jsonl").open()]
+        assert max(steps) == mainjob.PROBE_STEPS
+        assert not (probe / "checkpoints").exists() and not (probe / "model").exists()
+        run = tmp_path / "runs" / f
+        assert results["models"][f]["steps"] == 10 and results["models"][f]["status"] == "trained"
+        config = json.loads((run / "train_config.json").read_text())["config"]
+        assert config["train"]["steps"] == 10 and config["optim"]["warmup_steps"] == 5
+    # a rerun: no probe, the recorded plan (a new probe would now keep all 12 steps)
+    monkeypatch.setattr(mainjob, "BUDGET_FRACTION", 0.85)
+    (tmp_path / "probe" / "hope" / "metrics.jsonl").unlink()
+    run_main_job(job, progress=False)
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["calibration"]["reused"] and again["steps"] == 10
+    assert all(m["steps"] == 10 for m in again["models"].values())
+    assert not (tmp_path / "probe" / "hope" / "metrics.jsonl").exists()
