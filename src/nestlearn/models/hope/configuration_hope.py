@@ -91,7 +91,10 @@ class HopeConfig(PreTrainedConfig):
             In-context learning rate of each level. In-context levels update the whole batch at
             the same positions, so a left-padded row equals its sequence alone when its pad
             count is a multiple of every in-context level's period (the memories of SMT anchor
-            each row's chunks at its first token for any pad count).
+            each row's chunks at its first token for any pad count). Shared positions keep
+            inference memory bounded: the states keep their graph while any row is inside a
+            chunk (the chunk gradient runs through them), and with per-row positions some row
+            always would be.
         cms_variant (`str`, defaults to `"sequential"`):
             `"sequential"` (Eq. 73), `"nested"` (Eq. 72) or `"independent"` (Eq. 74).
         cms_meta_grad (`str`, defaults to `"second_order"`):
