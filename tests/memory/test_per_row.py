@@ -33,6 +33,21 @@ def _close(a, b, what):
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m: f"{what}: {m}")
 
 
+def _chunked_equals_reference(rule, leaves, st: MemoryState, write_grad: str):
+    """Run both paths from ``st``; compare outputs, final states and the gradients of every
+    leaf; return both final states and the chunked outputs."""
+    o_fast, s_fast = call(memory_chunked, rule, leaves, st, C, write_grad=write_grad)
+    o_ref, s_ref = call(memory_reference, rule, leaves, st, C, write_grad=write_grad)
+    _close(o_fast, o_ref, "outputs")
+    for i, (a, b) in enumerate(zip(state_tensors(s_ref), state_tensors(s_fast))):
+        _close(a, b, f"state tensor {i}")
+    g_fast = grads(leaves, scalar_of(o_fast, s_fast))
+    g_ref = grads(leaves, scalar_of(o_ref, s_ref))
+    for name in g_ref:
+        _close(g_ref[name], g_fast[name], f"d/d{name}")
+    return o_fast.detach(), s_fast, s_ref
+
+
 def _with_offsets(state: MemoryState | None, offsets, leaves) -> MemoryState:
     if state is None:  # the linear rules start from zeros; give them an explicit state
         B, _, H, D = leaves["k"].shape
@@ -56,16 +71,8 @@ def _row(state: MemoryState, b: int) -> MemoryState:
 def test_batch_with_row_offsets_equals_rows_alone_and_reference(rule, T, write_grad):
     leaves, state = make_inputs(rule, B=3, T=T, initial_state=True)
     st = _with_offsets(state, OFFSETS, leaves)
-    o_fast, s_fast = call(memory_chunked, rule, leaves, st, C, write_grad=write_grad)
-    o_ref, s_ref = call(memory_reference, rule, leaves, st, C, write_grad=write_grad)
+    o_fast, s_fast, s_ref = _chunked_equals_reference(rule, leaves, st, write_grad)
     assert s_fast.offset.tolist() == s_ref.offset.tolist() == [(o + T) % C for o in OFFSETS]
-    _close(o_fast, o_ref, "outputs")
-    for i, (a, b) in enumerate(zip(state_tensors(s_ref), state_tensors(s_fast))):
-        _close(a, b, f"state tensor {i}")
-    g_fast = grads(leaves, scalar_of(o_fast, s_fast))
-    g_ref = grads(leaves, scalar_of(o_ref, s_ref))
-    for name in g_ref:
-        _close(g_ref[name], g_fast[name], f"d/d{name}")
     # each row alone, with its own offset as an int, through the uniform path
     names = ("q", "k", "v", "lr", "alpha", "beta")
     for b in range(3):
@@ -150,16 +157,8 @@ def test_written_rows_keep_the_initial_state_in_the_graph_under_detach(rule, T):
     keep = torch.tensor([[False] * p + [True] * (T - p) for p in PADS])
     st = dataclasses.replace(state, offset=anchored_offsets(keep, C), written=written_rows(keep))
     assert st.written.tolist() == [False] * 3
-    o_fast, s_fast = call(memory_chunked, rule, leaves, st, C, write_grad="detach")
-    o_ref, s_ref = call(memory_reference, rule, leaves, st, C, write_grad="detach")
+    o_fast, s_fast, s_ref = _chunked_equals_reference(rule, leaves, st, "detach")
     assert s_fast.written.tolist() == s_ref.written.tolist() == [T > p for p in PADS]
-    _close(o_fast, o_ref, "outputs")
-    for i, (a, b) in enumerate(zip(state_tensors(s_ref), state_tensors(s_fast))):
-        _close(a, b, f"state tensor {i}")
-    g_fast = grads(leaves, scalar_of(o_fast, s_fast))
-    g_ref = grads(leaves, scalar_of(o_ref, s_ref))
-    for name in g_ref:
-        _close(g_ref[name], g_fast[name], f"d/d{name}")
     # each row alone from its first real token; the initial weights sum the rows' gradients
     names = ("q", "k", "v", "lr", "alpha", "beta")
     weights = [leaves[n] for n in ("W0", "W1")]
