@@ -48,8 +48,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--families", nargs="+", default=list(FAMILIES))
     p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
+    p.add_argument("--quick", action="store_true", help="T = 512 only (nestlearn bench --quick)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args(argv)
+    if args.quick:
+        args.lengths = [512]
     rows = [count(f, T) for T in args.lengths for f in args.families]
     lines = ["MFLOP per token, forward+backward (counted matrix products + causal attention from "
              "the shapes):",

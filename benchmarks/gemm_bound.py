@@ -15,6 +15,7 @@ fusion alone can close a gap.
 
     python benchmarks/gemm_bound.py                         # hope and transformer, T=2048, 8192
     python benchmarks/gemm_bound.py --families hope titans --lengths 2048
+    python benchmarks/gemm_bound.py --quick                 # T = 512, 1024 tokens per step
 
 Each case runs in its own subprocess with one thread (``OMP_NUM_THREADS=1`` is set for it).
 Prints a table and writes ``gemm_bound.json`` and ``gemm_bound.png`` to ``--out``.
@@ -34,7 +35,7 @@ PRODUCTS = ("mm", "bmm", "baddbmm", "baddbmm_", "addmm", "addmm_", "addbmm", "ad
             "dot", "vdot")
 
 
-def run_case(family: str, length: int) -> dict:
+def run_case(family: str, length: int, tokens: int = TOKENS_PER_STEP) -> dict:
     """Time one step (after one warm-up step) of ``family`` at ``length`` in this process, then
     one more with every matrix product timed (a dispatch mode around each aten call: no trace is
     kept, so the memory stays that of the step)."""
@@ -62,7 +63,7 @@ def run_case(family: str, length: int) -> dict:
     torch.manual_seed(0)
     config = preset_config(family, "tiny")
     model = preset_model_class(family)(config)
-    batch = max(1, TOKENS_PER_STEP // length)
+    batch = max(1, tokens // length)
     ids = torch.randint(0, config.vocab_size, (batch, length))
 
     def step() -> None:
@@ -75,7 +76,7 @@ def run_case(family: str, length: int) -> dict:
     plain_s = time.perf_counter() - start
     with ProductTimer() as timer:
         step()
-    tokens = batch * length
+    tokens = batch * length  # the tokens actually in the step
     return {"family": family, "length": length, "batch": batch, "step_s": plain_s,
             "tok_s": tokens / plain_s, "products_s": timer.seconds,
             "gemm_share": timer.seconds / plain_s, "bound_tok_s": tokens / timer.seconds}
@@ -85,12 +86,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--families", nargs="+", default=["hope", "transformer"])
     p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
+    p.add_argument("--quick", action="store_true",
+                   help="T = 512 with 1024 tokens per step (nestlearn bench --quick)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    p.add_argument("--case", nargs=2, metavar=("FAMILY", "LENGTH"), help=argparse.SUPPRESS)
+    p.add_argument("--case", nargs=3, metavar=("FAMILY", "LENGTH", "TOKENS"),
+                   help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.case:
-        print(json.dumps(run_case(args.case[0], int(args.case[1]))))
+        print(json.dumps(run_case(args.case[0], int(args.case[1]), int(args.case[2]))))
         return 0
+    if args.quick:
+        args.lengths, tokens = [512], 1024
+    else:
+        tokens = TOKENS_PER_STEP
     from nestlearn.models.presets import FAMILIES
 
     for family in args.families:
@@ -105,7 +113,7 @@ def main(argv=None) -> int:
     cases = [(f, n) for n in args.lengths for f in args.families]
     rows = []
     for family, length in tqdm(cases, desc="cases", unit="case"):
-        out = subprocess.run([sys.executable, __file__, "--case", family, str(length)],
+        out = subprocess.run([sys.executable, __file__, "--case", family, str(length), str(tokens)],
                              env=env, capture_output=True, text=True, check=False)
         if out.returncode:
             raise SystemExit(f"case {family} T={length} failed:\n{out.stderr[-2000:]}")

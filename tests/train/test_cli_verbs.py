@@ -77,6 +77,18 @@ def test_bench_lists_the_benchmarks(capsys):
     assert "models" in capsys.readouterr().out.split()
 
 
+def test_every_benchmark_takes_the_options_bench_passes():
+    """``nestlearn bench --quick --out D`` passes ``--quick`` and ``--out`` to every script."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    scripts = sorted(p for p in root.glob("*.py") if not p.stem.startswith("_"))
+    assert scripts
+    for script in scripts:
+        text = script.read_text()
+        assert '"--quick"' in text and '"--out"' in text, script.name
+
+
 def test_metrics_are_written_for_tensorboard(trained_run):
     """The training loss of every logged step is in the TensorBoard events, as in metrics.jsonl."""
     import json
