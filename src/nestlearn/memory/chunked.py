@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nestlearn.memory import _core
-from nestlearn.memory.state import MemoryState, cut_rows
+from nestlearn.memory.state import MemoryState
 
 __all__ = ["memory_chunked", "memory_read"]
 
@@ -210,7 +210,7 @@ def _per_row(inputs, st: MemoryState, offsets: list[int], C: int, write_grad, kw
         W, S, written = nxt.weights, nxt.momentum, nxt.written
         ends = [(o_ + L) % C == 0 for o_ in offs]
         if write_grad == "detach" and any(ends):
-            cut = cut_rows(rows(ends), None if written is None else written.view(B, 1, 1, 1))
+            cut = rows(ends) if written is None else rows(ends) & written.view(B, 1, 1, 1)
             W = tuple(torch.where(cut, w.detach(), w) for w in W)
             S = None if S is None else tuple(torch.where(cut, s.detach(), s) for s in S)
         outs.append(o)

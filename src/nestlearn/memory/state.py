@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-__all__ = ["MemoryState", "anchored_offsets", "cut_rows", "written_rows"]
+__all__ = ["MemoryState", "anchored_offsets", "written_rows"]
 
 
 @dataclass(frozen=True)
@@ -154,8 +154,3 @@ def written_rows(keep: Tensor) -> Tensor | None:
         return None
     return torch.zeros(keep.shape[0], dtype=torch.bool, device=keep.device)
 
-
-def cut_rows(ends: Tensor | bool, written: Tensor | None) -> Tensor | bool:
-    """Which rows a ``write_grad="detach"`` chunk end cuts: those whose chunk ends (``ends``, a
-    bool or a bool tensor ``[B]``) and that have written (``written``, ``None`` = all)."""
-    return ends if written is None else written & ends
