@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nestlearn.memory.chunked import _advance_weight_autograd, advance_weight
+from nestlearn.memory.advance import _advance_weight_autograd, advance_weight
 
 DT = torch.float64
 FIELDS = ("decay_total", "mom_r", "mom_total", "eta_e", "eta_b", "dgd_z", "dgd_y", "dgd_rho")
@@ -150,7 +150,7 @@ def test_cached_mask_made_in_inference_mode_still_trains():
     """The chunk coefficients' cached triangle mask, first built under ``inference_mode`` (e.g.
     generation), must not be an inference tensor that a later training step cannot save."""
     from nestlearn.memory import memory_chunked
-    from nestlearn.memory.chunked import _above_diagonal
+    from nestlearn.memory.coefficients import _above_diagonal
 
     _above_diagonal.cache_clear()
     g = torch.Generator().manual_seed(0)

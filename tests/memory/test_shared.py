@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from nestlearn.memory import MemoryState, _core, memory_reference
-from nestlearn.memory.chunked import advance_weight, chunk_coefficients
+from nestlearn.memory.advance import advance_weight
+from nestlearn.memory.coefficients import chunk_coefficients
 
 DT = torch.float64
 B, H, D, HID, M = 2, 2, 4, 6, 3  # M memories share k, lr, alpha, beta

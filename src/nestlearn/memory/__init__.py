@@ -12,14 +12,28 @@ Gradient Descent, Eq. 57/88), with optional per-token retention ``alpha`` and mo
 (Titans Eq. 13-14). Each row of a batch may sit at its own place of its chunk
 (``MemoryState.offset`` a tensor; :func:`anchored_offsets` anchors a left-padded batch and
 :func:`written_rows` keeps its padding from cutting the graph under ``write_grad="detach"``).
+Several memories written with the same keys and rates (the self-modifying Titans layer's) advance
+together in a stacked layout: :func:`stack_memories`, :func:`plan_segments`,
+:func:`stacked_project`, :func:`stacked_write`, :func:`unstack_memories` (``stacked.py``).
 The derivation of the fast path is in ``memory/README.md``.
 """
 
 from nestlearn.memory.chunked import memory_chunked, memory_read
 from nestlearn.memory.reference import memory_reference
+from nestlearn.memory.stacked import (
+    SegmentPlan,
+    StackedMemories,
+    plan_segments,
+    read_chunk_start,
+    stack_memories,
+    stacked_project,
+    stacked_write,
+    unstack_memories,
+)
 from nestlearn.memory.state import MemoryState, anchored_offsets, written_rows
 
 __all__ = [
-    "MemoryState", "anchored_offsets", "memory_chunked", "memory_read", "memory_reference",
-    "written_rows",
+    "MemoryState", "SegmentPlan", "StackedMemories", "anchored_offsets", "memory_chunked",
+    "memory_read", "memory_reference", "plan_segments", "read_chunk_start", "stack_memories",
+    "stacked_project", "stacked_write", "unstack_memories", "written_rows",
 ]
