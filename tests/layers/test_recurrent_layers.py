@@ -289,7 +289,7 @@ def test_silu_grad_times_matches_formula():
     """``_SiluGradTimes(g, h) = g * silu'(h)`` (the SMT layer's fused hidden-layer error): values
     equal the elementwise formula, gradients pass gradcheck and, through the differentiable
     backward, gradgradcheck (HOPE's second-order meta-gradient needs it)."""
-    from nestlearn.layers.self_modifying_titans import _SiluGradTimes
+    from nestlearn.memory.stacked import _SiluGradTimes
 
     gen = torch.Generator().manual_seed(0)
     g = torch.randn(3, 5, generator=gen, dtype=DT, requires_grad=True)

@@ -53,7 +53,6 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nestlearn.layers.conv import CausalDepthwiseConv
@@ -62,14 +61,17 @@ from nestlearn.layers.norm import l2_normalize
 from nestlearn.layers.titans_memory import GatedHeadOutput
 from nestlearn.memory import (
     MemoryState,
-    _core,
     anchored_offsets,
     memory_chunked,
-    memory_read,
     memory_reference,
+    plan_segments,
+    read_chunk_start,
+    stack_memories,
+    stacked_project,
+    stacked_write,
+    unstack_memories,
     written_rows,
 )
-from nestlearn.memory.chunked import advance_weight, chunk_coefficients
 
 __all__ = ["SelfModifyingTitans", "SMTState"]
 
@@ -301,12 +303,14 @@ class SelfModifyingTitans(nn.Module):
         vec, gate, main = st.vec, st.gate, st.main
         outs = []
         start = 0
-        while start < T:
-            L = self._segment_length(T - start, vec.offset, main.offset, impl)
+        lengths = (1,) * T if impl == "reference" else plan_segments(
+            T, vec.offset, main.offset, proj_chunk=self.proj_chunk_size,
+            main_chunk=self.chunk_size).lengths
+        for L in lengths:
             seg = slice(start, start + L)
             xs = xh[:, seg]  # [B, L, H, d]
             # 1. projections from the projection memories' chunk-start states (Eq. 83, 8.2)
-            raw = _read_stacked(xs, vec, self.n_vec, "residual_mlp")  # [B, L, n_vec*H, d]
+            raw = read_chunk_start(xs, vec, self.n_vec, "residual_mlp")  # [B, L, n_vec*H, d]
             k_raw, v_raw = raw[:, :, :H], raw[:, :, H:2 * H]
             k_lin, conv_k = self.conv_k(k_raw.flatten(2), state=conv_k)
             v_lin, conv_v = self.conv_v(v_raw.flatten(2), state=conv_v)
@@ -317,14 +321,14 @@ class SelfModifyingTitans(nn.Module):
                 q = l2_normalize(q_lin.view(B, L, H, d))
             else:
                 q = q_all[:, seg]
-            gates = _read_stacked(xs, gate, self.n_gate, "mlp")[..., 0]  # [B, L, n_gate*H]
+            gates = read_chunk_start(xs, gate, self.n_gate, "mlp")[..., 0]  # [B, L, n_gate*H]
             eta, alpha = self._rates(gates[..., :H], gates[..., H:], None if keep is None
                                      else keep[:, seg, None])
             beta = None if beta_all is None else beta_all[:, seg]
             # 2. self-generated targets v_hat = M(v) at each memory's chunk-start state (Eq. 84)
-            vhat_vec = _read_stacked(v, vec, self.n_vec, "residual_mlp")
-            vhat_gate = _read_stacked(v, gate, self.n_gate, "mlp")
-            vhat_main = _read_stacked(v, main, 1, "residual_mlp")
+            vhat_vec = read_chunk_start(v, vec, self.n_vec, "residual_mlp")
+            vhat_gate = read_chunk_start(v, gate, self.n_gate, "mlp")
+            vhat_main = read_chunk_start(v, main, 1, "residual_mlp")
 
             # 3. DGD + retention + momentum writes (Eq. 88); the main memory also reads q (Eq. 94)
             def write(mem_state, n, vhat, kind, chunk, query=None):
@@ -366,13 +370,17 @@ class SelfModifyingTitans(nn.Module):
     # --- the fused path -------------------------------------------------------------------------
 
     def _forward_fused(self, xh, q_all, beta_all, keep, st: SMTState):
-        """All five memories advance together, one segment at a time (``_fused_segment``).
+        """All five memories advance together, one segment at a time (``nestlearn.memory.stacked``).
         ``-> o [B, T, H, d]`` in the compute dtype."""
         B, T, H, d = xh.shape
         dtype = torch.promote_types(xh.dtype, torch.float32)
-        stack = _Stack.from_state(st, self.n_gate, self.n_vec, B, H, dtype)
-        if beta_all is not None and stack.s2 is None:
-            stack = stack.zero_momentum()
+        plan = plan_segments(T, st.vec.offset, st.main.offset, proj_chunk=self.proj_chunk_size,
+                             main_chunk=self.chunk_size)
+        stack = stack_memories(
+            st.gate, st.vec, st.main, n_gate=self.n_gate, n_vec=self.n_vec, heads=H, batch=B,
+            dtype=dtype, proj_offset=plan.proj_offset, main_offset=plan.main_offset,
+            momentum=beta_all is not None,
+        )
         conv = st.conv
 
         def internal(t: Tensor | None) -> Tensor | None:  # [B, T, H, ...] -> [B, H, T, ...]
@@ -383,12 +391,7 @@ class SelfModifyingTitans(nn.Module):
         # The segments are known in advance: split the inputs once. (Slicing each segment out
         # instead costs a zero-filled [B, H, T, d] gradient per segment in the backward pass,
         # quadratic in T.)
-        lengths = []
-        po, mo = stack.proj_offset, stack.main_offset
-        while sum(lengths) < T:
-            L = self._segment_length(T - sum(lengths), po, mo, "chunked")
-            lengths.append(L)
-            po, mo = _shift(po, L, self.proj_chunk_size), _shift(mo, L, self.chunk_size)
+        lengths = list(plan.lengths)
         pieces = [[None] * len(lengths) if t is None else t.split(lengths, dim=2)
                   for t in (x_i, q_i, beta_i, keep_i)]
         outs = []
@@ -396,28 +399,20 @@ class SelfModifyingTitans(nn.Module):
             o, stack, conv = self._fused_segment(stack, conv, x_s, q_s, beta_s, keep_s)
             outs.append(o)
         o = torch.cat(outs, dim=2) if outs else x_i.new_zeros(B, H, 0, d)  # [B, H, T, d]
-        return o.transpose(1, 2), stack.to_state(conv)
+        gate, vec, main = unstack_memories(stack)
+        return o.transpose(1, 2), SMTState(vec=vec, gate=gate, main=main, conv=conv)
 
-    def _fused_segment(self, stk: _Stack, conv, x: Tensor, q: Tensor | None, beta: Tensor | None,
+    def _fused_segment(self, stk, conv, x: Tensor, q: Tensor | None, beta: Tensor | None,
                        keep: Tensor | None):
-        """One segment (``L`` tokens inside one chunk of both grids) of all memories at once.
+        """One segment (``L`` tokens inside one chunk of both grids) of all memories at once
+        (``nestlearn.memory.stacked``, README section 7).
 
         ``x``, ``q``: ``[B, H, L, d]`` (the l2-normalised input slices and static queries, or
         ``None`` for the adaptive q); ``beta``: ``[B, H, L]``; ``keep``: ``[B, 1, L]``.
-        Memory axis m (size M): gate memories (eta[, alpha]), vec memories (k, v[, q]), main.
-        The input-side weights of all memories share the keys, so they are one ``[M*h, d]`` matrix
-        per head (``stk.w2``); each memory's output weights are a separate ``[O, h]`` matrix
-        (``stk.w1r``: the residual memories vec and main, ``stk.w1g``: the gates, O = 1).
-        Returns ``(o [B, H, L, d], stack, conv)``.
+        Returns ``(o [B, H, L, d], memories, conv)``.
         """
         B, H, L, d = x.shape
-        G, V, h = self.n_gate, self.n_vec, self.hidden
-        M, R = G + V + 1, V + 1
         conv_q, conv_k, conv_v = conv
-        c2, c1r, c1g = stk.c2, stk.c1r, stk.c1g  # chunk-start weights (D6)
-
-        def per_memory(t: Tensor) -> Tensor:  # [B, H, L, M*h] -> [B, H, M, L, h]
-            return t.unflatten(-1, (M, h)).transpose(2, 3)
 
         def public(t: Tensor) -> Tensor:  # [B, H, L, d] -> [B, L, H*d]
             return t.transpose(1, 2).reshape(B, L, H * d)
@@ -425,11 +420,8 @@ class SelfModifyingTitans(nn.Module):
         def internal(t: Tensor) -> Tensor:  # [B, L, H*d] -> [B, H, L, d]
             return t.view(B, L, H, d).transpose(1, 2)
 
-        # 1. projections k, v[, q], eta, alpha from the chunk-start memories (Eq. 83, NL 8.2);
-        #    the main memory's rows are computed and dropped (cheaper than slicing its weights out)
-        ax = per_memory(F.silu(x @ c2.mT))  # [B, H, M, L, h]
-        gx = (ax[:, :, :G] @ c1g.mT)[..., 0]  # [B, H, G, L]
-        vx = x[:, :, None] + ax[:, :, G:] @ c1r.mT  # [B, H, R, L, d] (residual, Eq. 89)
+        # projections k, v[, q], eta, alpha from the chunk-start memories (Eq. 83, NL 8.2)
+        gx, vx = stacked_project(stk, x)  # [B, H, G, L], [B, H, R, L, d]
         k_lin, conv_k = self.conv_k(public(vx[:, :, 0]), state=conv_k)
         v_lin, conv_v = self.conv_v(public(vx[:, :, 1]), state=conv_v)
         k = l2_normalize(internal(k_lin))  # [B, H, L, d]
@@ -437,91 +429,15 @@ class SelfModifyingTitans(nn.Module):
         if q is None:  # adaptive q (Eq. 96)
             q_lin, conv_q = self.conv_q(public(vx[:, :, 2]), state=conv_q)
             q = l2_normalize(internal(q_lin))
-        alpha_logit = gx[:, :, 1] if G > 1 else None
+        alpha_logit = gx[:, :, 1] if self.n_gate > 1 else None
         eta, alpha = self._rates(gx[:, :, 0], alpha_logit, keep, time_last=True)  # [B, H, L]
-
-        # 2. targets v_hat = M(v) (Eq. 84) and the inner gradients at the keys, both at the
-        #    chunk-start weights: one product for k and v (README section 1)
-        hkv = torch.cat([k, v], dim=2) @ c2.mT  # [B, H, 2L, M*h]
-        akv = F.silu(hkv)
-        a_m = per_memory(akv)  # [B, H, M, 2L, h]
-        yg = a_m[:, :, :G] @ c1g.mT  # [B, H, G, 2L, 1]
-        yr = a_m[:, :, G:] @ c1r.mT  # [B, H, R, 2L, d]
-        eg = yg[..., :L, :] - yg[..., L:, :]  # e = M(k) - v_hat  [B, H, G, L, 1]  (mlp)
-        er = yr[..., :L, :] - yr[..., L:, :] + (k - v)[:, :, None]  # [B, H, R, L, d]  (residual)
-        if self.objective == "huber":  # capped error norms (memory/_core.huber_error)
-            eg, er = _core.huber_error(eg, self.huber_delta), _core.huber_error(er, self.huber_delta)
-        hk = hkv[:, :, :L]  # [B, H, L, M*h]
-        a_k = a_m[..., :L, :]  # [B, H, M, L, h]
-        # dL/dh = (W1^T e) * silu'(h),  silu'(h) = s + a (1 - s)
-        back = torch.cat([eg * c1g, er @ c1r], dim=2)  # [B, H, M, L, h]
-        u2 = _SiluGradTimes.apply(back.transpose(2, 3).flatten(3), hk)  # [B, H, L, M*h]
-
-        # 3. one set of chunk coefficients for every memory: they share keys and rates (README 3-4)
-        dgd = self.rule == "dgd"
-        lr = _core.dgd_lr(eta, k) if dgd else eta
-        co = chunk_coefficients(
-            _core.log_or_zero(alpha, lr), None if beta is None else torch.log(beta), lr, k,
-            dgd=dgd, per_token=False,
-        )
-        co_m = co.map(lambda t: t.unsqueeze(2))  # broadcast over the memory axis of w1r, w1g
-
-        # 4. the writes (Eq. 88): DGD on the input side, scalar retention on the output side
-        kp = None
-        if dgd:  # W_0 K^T with the weights before the segment (== chunk start unless mid-chunk)
-            at_start = _uniform(stk.proj_offset) == 0 and _uniform(stk.main_offset) == 0
-            kp = hk if at_start else k @ stk.w2.mT
-        w2, s2 = advance_weight(stk.w2, stk.s2, u2, k, co, kp=kp, K=k)
-        w1r, s1r = advance_weight(stk.w1r, stk.s1r, er, a_k[:, :, G:], co_m)
-        w1g, s1g = advance_weight(stk.w1g, stk.s1g, eg, a_k[:, :, :G], co_m)
-
-        # 5. the main memory reads q at its chunk-start weights (Eq. 90, 94)
-        o = q + F.silu(q @ c2[:, :, (M - 1) * h:].mT) @ c1r[:, :, R - 1].mT  # [B, H, L, d]
-
-        written = stk.written
-        if written is not None:  # a row has written once it has a real token
-            written = written | keep.flatten(1).any(1) if keep is not None else None
-        new = stk.advanced(
-            (w2, w1r, w1g), (s2, s1r, s1g), L=L, proj_chunk=self.proj_chunk_size,
-            main_chunk=self.chunk_size, detach=self.write_grad == "detach", h=h,
-            written=written,
+        # targets, inner gradients and writes of every memory (Eq. 84, 88), the main read (Eq. 94)
+        o, new = stacked_write(
+            stk, k, v, q, eta, alpha, beta, keep, rule=self.rule, objective=self.objective,
+            huber_delta=self.huber_delta, proj_chunk=self.proj_chunk_size,
+            main_chunk=self.chunk_size, detach=self.write_grad == "detach",
         )
         return o, new, (conv_q, conv_k, conv_v)
-
-    def _segment_length(self, remaining: int, proj_offset, main_offset, impl) -> int:
-        """Tokens until the next chunk boundary of either memory grid in any row (the targets
-        and projections of a segment must all come from the same chunk-start states)."""
-        if impl == "reference":
-            return 1
-        return min(remaining, self.proj_chunk_size - max(_as_rows(proj_offset)),
-                   self.chunk_size - max(_as_rows(main_offset)))
-
-
-class _SiluGradTimes(torch.autograd.Function):
-    """``g * silu'(h)`` (the backpropagated error at a memory's hidden layer, README section 1)
-    as one node: the forward is ``aten.silu_backward`` (one fused kernel, where the elementwise
-    formula takes four ops and saves three more tensors), the backward is written out with
-    ``silu''(h) = s (1 - s) (2 + h (1 - 2 s))``, ``s = sigmoid(h)``. ``aten.silu_backward`` has no
-    derivative of its own, so when a double backward is being recorded the backward uses the
-    differentiable formula. Tested against the formula in float64 (gradcheck, gradgradcheck)."""
-
-    @staticmethod
-    def forward(ctx, g, h):
-        ctx.save_for_backward(g, h)
-        return torch.ops.aten.silu_backward(g, h)
-
-    @staticmethod
-    def backward(ctx, grad):
-        g, h = ctx.saved_tensors
-        s = torch.sigmoid(h)
-        if torch.is_grad_enabled():  # recording a double backward: differentiable ops only
-            d_g = grad * (s * (1 + h * (1 - s)))
-        else:
-            d_g = torch.ops.aten.silu_backward(grad, h)
-        d_h = None
-        if ctx.needs_input_grad[1]:
-            d_h = grad * g * (s * (1 - s) * (2 + h * (1 - 2 * s)))
-        return d_g, d_h
 
 
 def _logit(p: float) -> float:
@@ -530,192 +446,3 @@ def _logit(p: float) -> float:
 
 def _rep(x: Tensor | None, n: int) -> Tensor | None:
     return None if x is None else x.repeat(1, 1, n)
-
-
-def _as_rows(offset) -> tuple[int, ...]:
-    """An offset (int, per-row tuple or tensor) as a tuple of ints (one int if uniform)."""
-    if isinstance(offset, Tensor):
-        return tuple(int(o) for o in offset.tolist()) or (0,)
-    return offset if isinstance(offset, tuple) else (offset,)
-
-
-def _uniform(offset) -> int | None:
-    """The common offset of all rows, or ``None`` if the rows differ."""
-    rows = set(_as_rows(offset))
-    return rows.pop() if len(rows) == 1 else None
-
-
-def _shift(offset, L: int, C: int):
-    """The offset after ``L`` more tokens (int stays int, per-row tuple stays a tuple)."""
-    if isinstance(offset, tuple):
-        return tuple((o + L) % C for o in offset)
-    return (offset + L) % C
-
-
-def _read_stacked(x: Tensor, state: MemoryState, n: int, kind: str) -> Tensor:
-    """Read ``n`` memories stacked on the head axis at the same input: ``x [B, L, H, d]`` ->
-    ``[B, L, n*H, O]``, with the chunk-start weights."""
-    return memory_read(x.repeat(1, 1, n, 1), replace(state, weights=state.chunk_start), memory=kind)
-
-
-@dataclass(frozen=True)
-class _Stack:
-    """The five memories of one layer in the fused path's layout (``_fused_segment``).
-
-    Memory axis m (size M = G + V + 1): the G gate memories (eta[, alpha]), the V vec memories
-    (k, v[, q]), the main memory; the R = V + 1 residual memories are the last R.
-    ``w2``: ``[B, H, M*h, d]`` input-side weights, memory m in rows ``m*h:(m+1)*h``;
-    ``w1r``: ``[B, H, R, d, h]`` and ``w1g``: ``[B, H, G, 1, h]`` output weights. ``s*`` the
-    momentum (or ``None``), ``c*`` the chunk-start weights; ``proj_offset``/``main_offset`` the
-    position inside the current chunk of the projection memories / the main memory: an int, or
-    a tuple with one int per row when the rows are at different places of their chunks.
-    """
-
-    w2: Tensor
-    w1r: Tensor
-    w1g: Tensor
-    s2: Tensor | None
-    s1r: Tensor | None
-    s1g: Tensor | None
-    c2: Tensor
-    c1r: Tensor
-    c1g: Tensor
-    proj_offset: int | tuple[int, ...]
-    main_offset: int | tuple[int, ...]
-    G: int
-    V: int
-    written: Tensor | None = None
-
-    @classmethod
-    def from_state(cls, st: SMTState, G: int, V: int, B: int, H: int, dtype) -> _Stack:
-        def heads(t: Tensor, n: int) -> Tensor:  # [(B,) n*H, O, I] -> [B, H, n, O, I]
-            t = t.to(dtype)
-            t = t.expand(B, *t.shape[-3:]) if t.ndim == 3 else t
-            return t.unflatten(1, (n, H)).transpose(1, 2)
-
-        def gather(pick) -> tuple[Tensor, Tensor, Tensor]:
-            gate, vec, main = pick(st.gate), pick(st.vec), pick(st.main)
-            w2 = torch.cat([heads(gate[1], G), heads(vec[1], V), heads(main[1], 1)], dim=2)
-            w1r = torch.cat([heads(vec[0], V), heads(main[0], 1)], dim=2)
-            return w2.flatten(2, 3), w1r, heads(gate[0], G).contiguous()
-
-        w2, w1r, w1g = gather(lambda m: m.weights)
-        if all(m.chunk_start is m.weights for m in (st.gate, st.vec, st.main)):
-            c2, c1r, c1g = w2, w1r, w1g
-        else:
-            c2, c1r, c1g = gather(lambda m: m.chunk_start)
-        s2 = s1r = s1g = None
-        if st.main.momentum is not None:
-            s2, s1r, s1g = gather(lambda m: m.momentum)
-
-        def offset(m: MemoryState) -> int | tuple[int, ...]:
-            rows = _as_rows(m.offset)
-            return rows[0] if len(set(rows)) == 1 else rows
-
-        return cls(w2, w1r, w1g, s2, s1r, s1g, c2, c1r, c1g, offset(st.vec), offset(st.main),
-                   G, V, st.main.written)
-
-    def zero_momentum(self) -> _Stack:
-        return replace(self, s2=torch.zeros_like(self.w2), s1r=torch.zeros_like(self.w1r),
-                       s1g=torch.zeros_like(self.w1g))
-
-    def advanced(self, W, S, *, L: int, proj_chunk: int, main_chunk: int, detach: bool,
-                 h: int, written: Tensor | None) -> _Stack:
-        """The stack after a segment of ``L`` tokens with new weights ``W`` and momentum ``S``
-        (each ``(w2, w1r, w1g)``): a group whose chunk ends takes its new weights as chunk start
-        (and with ``detach`` cuts the graph there, like ``memory_chunked``, in the rows that
-        have written: ``written`` after the segment, ``None`` = all rows)."""
-        po, mo = _shift(self.proj_offset, L, proj_chunk), _shift(self.main_offset, L, main_chunk)
-
-        def ended(offset):  # bool, or one bool per row
-            return tuple(o == 0 for o in offset) if isinstance(offset, tuple) else offset == 0
-
-        done = (ended(po), ended(mo))  # (projection memories, main memory)
-        # the main memory's share of each tensor: the last h rows of w2, the last w1r, no w1g
-        splits = ((self.G + self.V) * h, self.V, None)
-        dims = (2, 2, 2)
-
-        def by_group(new: Tensor, old: Tensor, split, dim: int, take) -> Tensor:
-            """``new`` for the groups in ``take``, ``old`` for the others; ``take`` holds a bool
-            per group, or per group a tuple of bools per row."""
-            if isinstance(take[0], tuple) or isinstance(take[1], tuple):
-                return torch.where(_row_mask(new, split, dim, take), new, old)
-            if split is None:  # projection memories only
-                return new if take[0] else old
-            if take[0] == take[1]:
-                return new if take[0] else old
-            first, second = (new, old) if take[0] else (old, new)
-            n = new.shape[dim]
-            return torch.cat([first.narrow(dim, 0, split), second.narrow(dim, split, n - split)],
-                             dim)
-
-        if detach and any(map(any, (d if isinstance(d, tuple) else (d,) for d in done))):
-            if written is None:
-                def cut(new: Tensor, sp, dm) -> Tensor:
-                    return by_group(new.detach(), new, sp, dm, done)
-            else:  # rows that have written nothing keep their graph to the initial memories
-                def cut(new: Tensor, sp, dm) -> Tensor:
-                    rows = written.view([-1] + [1] * (new.ndim - 1))
-                    return torch.where(_row_mask(new, sp, dm, done) & rows, new.detach(), new)
-            W = tuple(cut(w, sp, dm) for w, sp, dm in zip(W, splits, dims))
-            if S[0] is not None:
-                S = tuple(cut(s, sp, dm) for s, sp, dm in zip(S, splits, dims))
-        C = tuple(by_group(w, c, sp, dm, done)
-                  for w, c, sp, dm in zip(W, (self.c2, self.c1r, self.c1g), splits, dims))
-        return replace(self, w2=W[0], w1r=W[1], w1g=W[2], s2=S[0], s1r=S[1], s1g=S[2],
-                       c2=C[0], c1r=C[1], c1g=C[2], proj_offset=po, main_offset=mo,
-                       written=written)
-
-    def to_state(self, conv) -> SMTState:
-        G, V = self.G, self.V
-
-        def split(w2: Tensor, w1r: Tensor, w1g: Tensor):
-            """-> ((W1, W2) of gate, vec, main), each ``[B, n*H, O, I]`` (memory-major heads)."""
-            w2m = w2.unflatten(2, (G + V + 1, -1))  # [B, H, M, h, d]
-
-            def flat(t: Tensor) -> Tensor:  # [B, H, n, O, I] -> [B, n*H, O, I]
-                return t.transpose(1, 2).flatten(1, 2)
-
-            return (
-                (flat(w1g), flat(w2m[:, :, :G])),
-                (flat(w1r[:, :, :V]), flat(w2m[:, :, G:G + V])),
-                (flat(w1r[:, :, V:]), flat(w2m[:, :, G + V:])),
-            )
-
-        ws = split(self.w2, self.w1r, self.w1g)
-        same = self.c2 is self.w2 and self.c1r is self.w1r and self.c1g is self.w1g
-        cs = ws if same else split(self.c2, self.c1r, self.c1g)
-        ss = (None,) * 3 if self.s2 is None else split(self.s2, self.s1r, self.s1g)
-
-        def as_state(offset):  # per-row offsets travel in the state as a tensor [B]
-            if isinstance(offset, tuple):
-                return torch.tensor(offset, device=self.w2.device)
-            return offset
-
-        offsets = tuple(map(as_state, (self.proj_offset, self.proj_offset, self.main_offset)))
-        gate, vec, main = (
-            MemoryState(weights=w, momentum=s, chunk_start=c, offset=off, written=self.written)
-            for w, s, c, off in zip(ws, ss, cs, offsets)
-        )
-        return SMTState(vec=vec, gate=gate, main=main, conv=conv)
-
-
-def _row_mask(like: Tensor, split: int | None, dim: int, take) -> Tensor:
-    """A bool mask broadcastable to ``like`` ``[B, ...]``: row b, index i of ``dim`` is True when
-    that row's group (projection memories below ``split``, the main memory from it on; all
-    projection memories when ``split`` is None) is in ``take``."""
-    B, n = like.shape[0], like.shape[dim]
-
-    def rows(flags) -> Tensor:  # bool or per-row tuple -> [B, 1]
-        flags = flags if isinstance(flags, tuple) else (flags,) * B
-        return torch.tensor(flags, device=like.device)[:, None]
-
-    proj = rows(take[0])
-    if split is None:
-        mask = proj.expand(B, n)
-    else:
-        first = torch.arange(n, device=like.device) < split  # [n]
-        mask = torch.where(first, proj, rows(take[1]))  # [B, n]
-    shape = [B] + [1] * (like.ndim - 1)
-    shape[dim] = n
-    return mask.view(shape)
