@@ -1,5 +1,5 @@
 """``advance_weight`` runs as one autograd node with a hand-written backward
-(``chunked._AdvanceWeight``). Its outputs and its gradients into every input (weights, momentum,
+(``advance._AdvanceWeight``). Its outputs and its gradients into every input (weights, momentum,
 gradient factors, keys, key projection and every chunk coefficient) equal autograd through the
 same arithmetic (``_advance_weight_autograd``), in float64, for the DGD and GD weights, with and
 without momentum, with coefficients broadcast over a memory axis and a weight shared across the

@@ -23,9 +23,9 @@ Project decisions written down here:
   part); inside a chunk the memory core is chunk-parallel. Two chunk sizes: ``proj_chunk_size``
   for the projection memories, ``chunk_size`` for the main memory.
 * Implementation. All five memories are written with the same keys and rates, so the default
-  path (``_fused_segment``) advances them together: one set of chunk coefficients per segment,
-  the input-side weights of all memories stacked into one ``[M*h, d]`` matrix per head, the
-  output-side weights on a memory axis (``nestlearn/memory/README.md`` section 7). The targets
+  path (``_fused_segment``, driving ``nestlearn.memory.stacked``) advances them together: one set
+  of chunk coefficients per segment, the input-side weights of all memories stacked into one
+  ``[M*h, d]`` matrix per head, the output-side weights on a memory axis (``nestlearn/memory/README.md`` section 7). The targets
   and the inner gradients share one product with the chunk-start weights. ``impl="per_group"``
   (one ``memory_chunked`` call per group of memories) and ``impl="reference"`` (token by token)
   give the same results and are kept for tests and benchmarks.
