@@ -12,31 +12,29 @@ Typical use::
 See ``README.md`` next to this file for sources, licences, the split rule and the cache layout.
 """
 
-from .corpus import (
-    DEFAULT_FRACTIONS,
-    DEFAULT_SOURCES,
-    SOURCES,
-    SPLITS,
-    Document,
-    SourceInfo,
-    corpus_digest,
-    load_corpus,
-    load_source,
-    load_text_files,
-    split_documents,
-    split_of,
-)
-from .dataset import (
-    Batch,
+from .cache import (
     PreparedData,
-    RandomWindows,
-    SequentialWindows,
-    TokenArray,
     default_cache_dir,
-    eval_windows,
     load_prepared,
     prepare_data,
     prepare_documents,
+)
+from .corpus import (
+    DEFAULT_FRACTIONS,
+    SPLITS,
+    Document,
+    corpus_digest,
+    split_documents,
+    split_of,
+)
+from .samplers import Batch, RandomWindows, SequentialWindows, eval_windows
+from .sources import (
+    DEFAULT_SOURCES,
+    SOURCES,
+    SourceInfo,
+    load_corpus,
+    load_source,
+    load_text_files,
 )
 from .tokenizer import (
     DEFAULT_VOCAB_SIZE,
@@ -46,6 +44,7 @@ from .tokenizer import (
     Tokenizer,
     load_tokenizer,
 )
+from .tokens import TokenArray
 
 __all__ = [
     "DEFAULT_FRACTIONS",

@@ -13,8 +13,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .corpus import DEFAULT_FRACTIONS, DEFAULT_SOURCES, SOURCES
-from .dataset import prepare_data
+from .cache import prepare_data
+from .corpus import DEFAULT_FRACTIONS
+from .sources import DEFAULT_SOURCES, SOURCES
 from .tokenizer import DEFAULT_VOCAB_SIZE
 
 

@@ -1,4 +1,4 @@
-"""Token-id caches per split, and the samplers that cut them into (input, target) windows.
+"""Token-id caches per split: :func:`prepare_data` and :func:`load_prepared`.
 
 :func:`prepare_data` loads sources, splits them by document (``corpus.split_documents``), trains
 or loads a tokenizer on the training split, tokenizes each split once and caches the ids:
@@ -6,28 +6,16 @@ or loads a tokenizer on the training split, tokenizes each split once and caches
     <cache_dir>/<tokenizer>-<key16>/       key = sha256(corpus digest, fractions, tokenizer spec)
         tokenizer.json                     the tokenizer used (BPE trained on the train split)
         documents.json                     per split: [source, doc_id, chars, tokens] per document
-        {train,validation,test}.bin        token ids, raw little-endian uint16 (vocab < 65536) or uint32
+        {train,validation,test}.bin        token ids, raw little-endian uint16 or uint32
         {train,validation,test}.docs.npy   int64 offsets, len = documents + 1
         meta.json                          dtype, eot_id, vocab size, token counts; written last
 
-An entry is built in a private temporary directory (``.<name>.<pid>.tmp``) and renamed into
-place, so a cache directory is either complete or absent, even with concurrent or killed writers. The corpus digest covers every document's text, so an edited user file
-gives a new cache entry. ``cache_dir`` defaults to ``$NESTLEARN_DATA_CACHE`` or ``./data_cache``.
-
-Layout of a split: document 0's tokens, ``<|endoftext|>``, document 1's tokens,
-``<|endoftext|>``, ... Every document ends with EOT, so ``ids[i] == eot_id`` marks the end of a
-document and ``docs[j]`` is where document j starts (:class:`TokenArray`).
-
-Samplers yield :class:`Batch` ``(inputs [B, T], targets [B, T], positions [B])`` of int64 tensors,
-``targets`` being ``inputs`` shifted by one and ``positions`` the offset of ``inputs[:, 0]``:
-
-- :class:`RandomWindows` (pre-training): windows at uniform random offsets; batch ``k`` depends
-  only on ``(seed, k)``, so ``state_dict()`` is two integers and resuming is exact.
-- :class:`SequentialWindows` (continual learning, streaming): the split, in document order, is cut
-  into ``batch_size`` contiguous lanes; row ``b`` of batch ``k + 1`` continues row ``b`` of batch
-  ``k`` (carry the memory state across batches; reset it where ``inputs == eot_id``).
-- :func:`eval_windows` (evaluation): non-overlapping windows from the start, every target token
-  scored exactly once; the remainder is a final shorter batch of one row.
+The ids are uint16 when the vocabulary has at most 65536 entries, else uint32. An entry is built
+in a private temporary directory (``.<name>.<pid>.tmp``) and renamed into place, so a cache
+directory is either complete or absent, even with concurrent or killed writers. The corpus digest
+covers every document's text, so an edited user file gives a new cache entry. ``cache_dir``
+defaults to ``$NESTLEARN_DATA_CACHE`` or ``./data_cache``. Each split is opened as a memory-mapped
+:class:`~nestlearn.data.tokens.TokenArray`.
 """
 
 from __future__ import annotations
@@ -39,21 +27,13 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from .corpus import (
-    DEFAULT_FRACTIONS,
-    DEFAULT_SOURCES,
-    SPLITS,
-    Document,
-    corpus_digest,
-    load_corpus,
-    split_documents,
-)
+from .corpus import DEFAULT_FRACTIONS, SPLITS, Document, corpus_digest, split_documents
+from .sources import DEFAULT_SOURCES, load_corpus
 from .tokenizer import (
     DEFAULT_VOCAB_SIZE,
     BPETokenizer,
@@ -61,15 +41,11 @@ from .tokenizer import (
     Tokenizer,
     load_tokenizer,
 )
+from .tokens import TokenArray
 
 __all__ = [
-    "Batch",
     "PreparedData",
-    "RandomWindows",
-    "SequentialWindows",
-    "TokenArray",
     "default_cache_dir",
-    "eval_windows",
     "load_prepared",
     "prepare_data",
     "prepare_documents",
@@ -84,81 +60,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("NESTLEARN_DATA_CACHE", "data_cache"))
 
 
-# --------------------------------------------------------------------------------------------
-# A tokenized split
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TokenArray:
-    """One split's token ids (a read-only memory map) and its document offsets."""
-
-    ids: np.ndarray  # [N] uint16/uint32; every document ends with eot_id
-    docs: np.ndarray  # [D + 1] int64; document j is ids[docs[j]:docs[j + 1]] (EOT included)
-    eot_id: int
-    name: str = "tokens"
-
-    def __post_init__(self) -> None:
-        if self.ids.ndim != 1 or self.docs.ndim != 1 or len(self.docs) < 1:
-            raise ValueError("TokenArray needs 1-D ids and 1-D document offsets")
-
-    @classmethod
-    def from_documents(
-        cls, token_lists: Sequence[Sequence[int]], *, eot_id: int, name: str = "tokens"
-    ) -> TokenArray:
-        """Build an in-memory array: each list followed by ``eot_id``."""
-        lengths = np.array([len(t) + 1 for t in token_lists], dtype=np.int64)
-        docs = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        top = max([eot_id, *(max(t) for t in token_lists if len(t))])
-        dtype = np.uint16 if top < 65536 else np.uint32
-        ids = np.empty(int(docs[-1]), dtype=dtype)
-        for j, t in enumerate(token_lists):
-            ids[docs[j] : docs[j + 1] - 1] = t
-            ids[docs[j + 1] - 1] = eot_id
-        return cls(ids, docs, eot_id, name)
-
-    def __len__(self) -> int:
-        return int(self.ids.shape[0])
-
-    @property
-    def num_documents(self) -> int:
-        return len(self.docs) - 1
-
-    def eot_positions(self) -> np.ndarray:
-        """Positions of the EOT token closing each document (``docs[1:] - 1``)."""
-        return self.docs[1:] - 1
-
-    def document(self, j: int) -> np.ndarray:
-        """Token ids of document ``j`` without its closing EOT."""
-        return np.asarray(self.ids[self.docs[j] : self.docs[j + 1] - 1])
-
-    def select_documents(self, start: int, stop: int, *, name: str | None = None) -> TokenArray:
-        """Documents ``start .. stop - 1`` as a TokenArray sharing this one's memory."""
-        if not 0 <= start <= stop <= self.num_documents:
-            raise ValueError(f"document range [{start}, {stop}) outside 0..{self.num_documents}")
-        lo = int(self.docs[start])
-        ids = self.ids[lo : int(self.docs[stop])]
-        return TokenArray(ids, self.docs[start : stop + 1] - lo, self.eot_id, name or self.name)
-
-    def window(self, start: int, length: int) -> np.ndarray:
-        return np.asarray(self.ids[start : start + length], dtype=np.int64)
-
-
-class Batch(NamedTuple):
-    """One batch; ``inputs == eot_id`` marks document ends (where per-sequence memory resets)."""
-
-    inputs: torch.Tensor  # [B, T] int64
-    targets: torch.Tensor  # [B, T] int64, inputs shifted left by one
-    positions: torch.Tensor  # [B] int64, offset of inputs[:, 0] in the split
-
-
-def _batch(tokens: TokenArray, starts: np.ndarray, seq_len: int) -> Batch:
-    rows = np.stack([tokens.window(int(s), seq_len + 1) for s in starts])  # [B, T + 1]
-    data = torch.from_numpy(rows)
-    inputs, targets = data[:, :-1].contiguous(), data[:, 1:].contiguous()
-    return Batch(inputs, targets, torch.from_numpy(starts.astype(np.int64)))
-
-
 def _concatenate(parts: list[TokenArray]) -> TokenArray:
     if len(parts) == 1:
         return parts[0]
@@ -166,130 +67,6 @@ def _concatenate(parts: list[TokenArray]) -> TokenArray:
     lengths = np.concatenate([np.diff(p.docs) for p in parts])
     docs = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return TokenArray(ids, docs, parts[0].eot_id, parts[0].name)
-
-
-def _check_window(tokens: TokenArray, seq_len: int, batch_size: int) -> None:
-    if not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if len(tokens) < seq_len + 1:
-        raise ValueError(
-            f"split '{tokens.name}' has {len(tokens)} tokens, fewer than seq_len + 1 = {seq_len + 1}"
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# Samplers
-# --------------------------------------------------------------------------------------------
-
-
-class RandomWindows:
-    """Endless batches of windows at uniform random offsets; batch ``k`` is a function of ``(seed, k)``."""
-
-    def __init__(self, tokens: TokenArray, *, seq_len: int, batch_size: int, seed: int = 0) -> None:
-        _check_window(tokens, seq_len, batch_size)
-        if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
-        self.seed = seed
-        self.step = 0
-
-    def __iter__(self) -> RandomWindows:
-        return self
-
-    def __next__(self) -> Batch:
-        rng = np.random.default_rng([self.seed, self.step])
-        high = len(self.tokens) - self.seq_len  # last valid start + 1
-        starts = rng.integers(0, high, size=self.batch_size, dtype=np.int64)
-        self.step += 1
-        return _batch(self.tokens, starts, self.seq_len)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"kind": "random", "seed": self.seed, "step": self.step}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        _check_state(state, "random")
-        self.seed, self.step = int(state["seed"]), int(state["step"])
-
-
-class SequentialWindows:
-    """Stream the split in document order as ``batch_size`` contiguous lanes of ``seq_len`` windows.
-
-    Lane ``b`` covers tokens ``[b * L, (b + 1) * L + 1)`` with ``L = (N - 1) // batch_size``; one
-    epoch is ``L // seq_len`` batches (the tail of each lane that does not fill a window is
-    skipped). ``epochs=None`` streams forever; otherwise iteration stops after ``epochs`` passes.
-    """
-
-    def __init__(
-        self, tokens: TokenArray, *, seq_len: int, batch_size: int = 1, epochs: int | None = 1
-    ) -> None:
-        _check_window(tokens, seq_len, batch_size)
-        if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
-            raise ValueError(f"epochs must be a positive integer or None, got {epochs!r}")
-        self.tokens, self.seq_len, self.batch_size, self.epochs = (
-            tokens,
-            seq_len,
-            batch_size,
-            epochs,
-        )
-        self.lane_len = (len(tokens) - 1) // batch_size
-        self.batches_per_epoch = self.lane_len // seq_len
-        if self.batches_per_epoch < 1:
-            raise ValueError(
-                f"split '{tokens.name}' ({len(tokens)} tokens) is too short for "
-                f"batch_size={batch_size} lanes of seq_len={seq_len}"
-            )
-        self.step = 0
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch * (self.epochs or 1)
-
-    @property
-    def epoch(self) -> int:
-        return self.step // self.batches_per_epoch
-
-    def __iter__(self) -> SequentialWindows:
-        return self
-
-    def __next__(self) -> Batch:
-        if self.epochs is not None and self.step >= self.batches_per_epoch * self.epochs:
-            raise StopIteration
-        k = self.step % self.batches_per_epoch
-        starts = np.arange(self.batch_size, dtype=np.int64) * self.lane_len + k * self.seq_len
-        self.step += 1
-        return _batch(self.tokens, starts, self.seq_len)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"kind": "sequential", "step": self.step}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        _check_state(state, "sequential")
-        self.step = int(state["step"])
-
-
-def _check_state(state: dict[str, Any], kind: str) -> None:
-    if not isinstance(state, dict) or state.get("kind") != kind:
-        got = state.get("kind") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"sampler state is for '{got}', expected '{kind}'")
-
-
-def eval_windows(tokens: TokenArray, *, seq_len: int, batch_size: int) -> Iterator[Batch]:
-    """Non-overlapping windows from position 0; every one of the ``N - 1`` targets appears once."""
-    _check_window(tokens, seq_len, batch_size)
-    n_targets = len(tokens) - 1
-    full = n_targets // seq_len
-    starts = np.arange(full, dtype=np.int64) * seq_len
-    for i in range(0, full, batch_size):
-        yield _batch(tokens, starts[i : i + batch_size], seq_len)
-    rest = n_targets - full * seq_len
-    if rest:
-        yield _batch(tokens, np.array([full * seq_len], dtype=np.int64), rest)
-
-
-# --------------------------------------------------------------------------------------------
-# Preparing and caching
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -511,14 +288,16 @@ def _resolve_tokenizer(
             and not Path(tokenizer).exists()
         ):
             raise ValueError(
-                f"unknown tokenizer '{tokenizer}'; allowed: 'bpe', 'byte' or a path to tokenizer.json"
+                f"unknown tokenizer '{tokenizer}'; allowed: 'bpe', 'byte' "
+                "or a path to tokenizer.json"
             )
         tok = load_tokenizer(tokenizer)
     elif isinstance(tokenizer, Tokenizer):
         tok = tokenizer
     else:
         raise ValueError(
-            f"tokenizer must be 'bpe', 'byte', a tokenizer.json path or a Tokenizer, got {tokenizer!r}"
+            "tokenizer must be 'bpe', 'byte', a tokenizer.json path or a Tokenizer, "
+            f"got {tokenizer!r}"
         )
     return tok, {"name": tok.name, "fingerprint": tok.fingerprint}
 
