@@ -14,10 +14,10 @@ from nestlearn import HopeConfig, HopeForCausalLM
 from nestlearn.layers.self_modifying_titans import SelfModifyingTitans
 from nestlearn.models.hope.configuration_hope import LEGACY_NAMES, SMT_SETTINGS
 
-SMALL = dict(vocab_size=37, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-             cms_hidden_sizes=[8, 8])
-OLD = dict(memory_expansion=3, chunk_size=4, proj_chunk_size=2, conv_size=3, eta_max=0.2,
-           q_projection="adaptive", write_grad="detach")
+SMALL = {"vocab_size": 37, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+         "cms_hidden_sizes": [8, 8]}
+OLD = {"memory_expansion": 3, "chunk_size": 4, "proj_chunk_size": 2, "conv_size": 3,
+       "eta_max": 0.2, "q_projection": "adaptive", "write_grad": "detach"}
 
 
 def test_old_names_config_json_loads_with_warning_and_same_logits(tmp_path):
