@@ -15,11 +15,11 @@ DT = torch.float64
 V = 37
 SMALL = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
 MODELS = {
-    "hope": lambda: HopeForCausalLM(HopeConfig(**SMALL, chunk_size=4, proj_chunk_size=4,
-                                               cms_hidden_sizes=[8, 8])),
+    "hope": lambda: HopeForCausalLM(HopeConfig(**SMALL, smt_chunk_size=4,
+                                               smt_proj_chunk_size=4, cms_hidden_sizes=[8, 8])),
     "hope-cms-in-context": lambda: HopeForCausalLM(HopeConfig(
-        **SMALL, chunk_size=4, proj_chunk_size=4, cms_hidden_sizes=[8, 8], cms_periods=[4, 8],
-        cms_inner_lrs=[0.5, 0.25])),
+        **SMALL, smt_chunk_size=4, smt_proj_chunk_size=4, cms_hidden_sizes=[8, 8],
+        cms_periods=[4, 8], cms_inner_lrs=[0.5, 0.25])),
     "hope_attention": lambda: HopeForCausalLM(HopeConfig(**SMALL, variant="hope_attention",
                                                          cms_hidden_sizes=[8, 8])),
     "titans-mag": lambda: TitansForCausalLM(TitansConfig(**SMALL, variant="mag", chunk_size=4,

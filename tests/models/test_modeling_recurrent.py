@@ -19,12 +19,13 @@ V = 37
 SMALL = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
 
 CONFIGS = {
-    "hope": lambda: HopeConfig(**SMALL, chunk_size=4, proj_chunk_size=4, cms_hidden_sizes=[8, 8]),
+    "hope": lambda: HopeConfig(**SMALL, smt_chunk_size=4, smt_proj_chunk_size=4,
+                               cms_hidden_sizes=[8, 8]),
     "hope-cms-in-context": lambda: HopeConfig(
-        **SMALL, chunk_size=4, proj_chunk_size=4, cms_hidden_sizes=[8, 8],
+        **SMALL, smt_chunk_size=4, smt_proj_chunk_size=4, cms_hidden_sizes=[8, 8],
         cms_periods=[4, 8], cms_inner_lrs=[0.5, 0.25]),
     "hope-cms-nested": lambda: HopeConfig(
-        **SMALL, chunk_size=4, proj_chunk_size=4, cms_hidden_sizes=[8, 8],
+        **SMALL, smt_chunk_size=4, smt_proj_chunk_size=4, cms_hidden_sizes=[8, 8],
         cms_periods=[2, 4], cms_inner_lrs=[0.5, 0.25], cms_variant="nested"),
     "hope_attention-cms-independent": lambda: HopeConfig(
         **SMALL, variant="hope_attention", cms_hidden_sizes=[8, 8, 8], cms_periods=[3, 0, 6],
@@ -184,13 +185,13 @@ def test_left_padded_batch_any_pad_count_equals_each_alone(name):
 def test_left_padded_batch_loss_gradients_equal_each_alone(name, write_grad):
     """Training on a left-padded batch (0, 1, 3 and 6 pads; labels -100 on the pads): the loss
     summed over rows has the gradients of the rows' losses alone, for every parameter,
-    the meta-learned initial memories included (with ``write_grad="detach"`` the chunk ends
+    the meta-learned initial memories included (with ``smt_write_grad="detach"`` the chunk ends
     inside the padding do not cut them off; TitansConfig has no such option, its layer is
     tested with it in tests/layers)."""
     torch.manual_seed(0)
     config = CONFIGS[name]()
     if write_grad != "full":
-        config.write_grad = write_grad
+        config.smt_write_grad = write_grad
     cls = HopeForCausalLM if isinstance(config, HopeConfig) else TitansForCausalLM
     model = cls(config).to(DT).train()
     T = 11
@@ -341,9 +342,9 @@ def test_tiny_presets_match_transformer_parameter_count(family):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("variant", "hopeless"), ("hidden_size", 15), ("chunk_size", 0), ("smt_rule", "adam"),
+    [("variant", "hopeless"), ("hidden_size", 15), ("smt_chunk_size", 0), ("smt_rule", "adam"),
      ("cms_variant", "parallel"), ("cms_periods", [4]), ("cms_inner_lrs", [0.1, -1.0]),
-     ("eta_max", 0.0), ("cms_meta_grad", "third_order"), ("q_projection", "dynamic"),
+     ("smt_eta_max", 0.0), ("cms_meta_grad", "third_order"), ("smt_q_projection", "dynamic"),
      ("smt_objective", "cauchy"), ("smt_huber_delta", -1.0)],
 )
 def test_invalid_hope_config_raises_naming_the_field(field, value):
@@ -352,10 +353,12 @@ def test_invalid_hope_config_raises_naming_the_field(field, value):
 
 
 def test_eta_max_defaults_to_one_over_the_larger_chunk():
-    assert HopeConfig(**{**SMALL, "chunk_size": 8, "proj_chunk_size": 4}).eta_max == 1 / 8
-    assert HopeConfig(**{**SMALL, "eta_max": 0.5}).eta_max == 0.5
+    config = HopeConfig(**{**SMALL, "smt_chunk_size": 8, "smt_proj_chunk_size": 4})
+    assert config.smt_eta_max == 1 / 8
+    assert HopeConfig(**{**SMALL, "smt_eta_max": 0.5}).smt_eta_max == 0.5
     # the resolved value is saved, so a reloaded model has the same bound
-    assert HopeConfig.from_dict(HopeConfig(**SMALL).to_dict()).eta_max == HopeConfig(**SMALL).eta_max
+    saved = HopeConfig.from_dict(HopeConfig(**SMALL).to_dict())
+    assert saved.smt_eta_max == HopeConfig(**SMALL).smt_eta_max
 
 
 def test_in_context_level_needs_a_period():

@@ -39,7 +39,7 @@ def hope_levels(model) -> list[dict[str, Any]]:
     if cfg.variant == "hope":
         smt = base.layers[0].mixer
         n_layers = len(base.layers)
-        proj = ["k", "v"] + (["q"] if cfg.q_projection == "adaptive" else []) + ["eta"] + (
+        proj = ["k", "v"] + (["q"] if cfg.smt_q_projection == "adaptive" else []) + ["eta"] + (
             ["alpha"] if cfg.smt_retention == "learned" else [])
         rule = "DGD" if cfg.smt_rule == "dgd" else "GD"
         rule += " + retention" if cfg.smt_retention == "learned" else ""
@@ -50,13 +50,13 @@ def hope_levels(model) -> list[dict[str, Any]]:
         rows.append(dict(
             name=f"SMT projection memories ({', '.join(proj)}) x {n_layers} layers",
             parameters=n_layers * _count(smt.vec_w1, smt.vec_w2, smt.gate_w1, smt.gate_w2),
-            period=f"{cfg.proj_chunk_size} tokens",
+            period=f"{cfg.smt_proj_chunk_size} tokens",
             objective=objective,
             update=rule + " (Eq. 88)", reset="every sequence, to meta-learned initial state"))
         rows.append(dict(
             name=f"SMT main memory x {n_layers} layers",
             parameters=n_layers * _count(smt.main_w1, smt.main_w2),
-            period=f"{cfg.chunk_size} tokens",
+            period=f"{cfg.smt_chunk_size} tokens",
             objective=objective,
             update=rule + " (Eq. 88)", reset="every sequence, to meta-learned initial state"))
     else:

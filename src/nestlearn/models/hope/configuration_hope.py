@@ -12,24 +12,109 @@ its context flow (D1, D7):
 * ``> 0`` with ``cms_inner_lrs[l] == 0``: a slow level, updated by the outer optimizer once every
   ``period`` training tokens (the training loop accumulates its gradients in between).
 
-Presets (``HopeConfig.from_preset(name)``) use the Transformer++ presets' width, depth and
-vocabulary (spec 5.4) and size the CMS so the total parameter count matches the Transformer++ of the
-same preset (``hope`` within a few percent, ``hope_attention`` exactly); see
+The settings of the SMT layer are the fields ``smt_<name>``, one per keyword argument ``<name>``
+of ``SelfModifyingTitans`` (``SMT_SETTINGS``; ``HopeConfig.smt_layer_kwargs()`` is the mapping).
+Configs saved before the prefix (``chunk_size``, ``eta_max``, ... see ``LEGACY_NAMES``) still load,
+with a ``FutureWarning`` per old name; saving writes the new names.
+
+Presets (``nestlearn.models.presets.preset_config("hope", size)``) use the Transformer++ presets'
+width, depth and vocabulary (spec 5.4) and size the CMS so the total parameter count matches the
+Transformer++ of the same preset (``hope`` within a few percent, ``hope_attention`` exactly); see
 ``nestlearn.models.presets`` for the counts.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
+import warnings
 from typing import Any
 
+import huggingface_hub
+import transformers
 from transformers import PreTrainedConfig
 
 from nestlearn.models._checks import check_choice, check_number, check_positive_int
 
-__all__ = ["HopeConfig"]
+__all__ = ["LEGACY_NAMES", "SMT_SETTINGS", "HopeConfig"]
 
 VARIANTS = ("hope", "hope_attention")
 
+SMT_SETTINGS = (
+    "expansion", "chunk_size", "proj_chunk_size", "conv_size", "eta_max", "rule", "objective",
+    "huber_delta", "momentum", "retention", "q_projection", "write_grad",
+)
+"""Keyword arguments of ``SelfModifyingTitans`` that the config sets, from field ``smt_<name>``."""
+
+LEGACY_NAMES = {
+    "memory_expansion": "smt_expansion",
+    "chunk_size": "smt_chunk_size",
+    "proj_chunk_size": "smt_proj_chunk_size",
+    "conv_size": "smt_conv_size",
+    "eta_max": "smt_eta_max",
+    "q_projection": "smt_q_projection",
+    "write_grad": "smt_write_grad",
+}
+"""Old field name -> new name, for configs saved before the ``smt_`` prefix."""
+
+
+def _warn_renamed(old: str) -> None:
+    # Point the warning at the first caller outside this module and the transformers /
+    # huggingface_hub config machinery (the user's constructor, from_pretrained or attribute).
+    skip = (__file__, os.path.dirname(transformers.__file__),
+            os.path.dirname(huggingface_hub.__file__))
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(f"HopeConfig: {old} -> {LEGACY_NAMES[old]} (the old name is deprecated)",
+                  FutureWarning, stacklevel=level)
+
+
+def _rename_legacy_fields(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with every old field name replaced by its new name (warning once per name)."""
+    for old, new in LEGACY_NAMES.items():
+        if old not in kwargs:
+            continue
+        value = kwargs.pop(old)
+        if new in kwargs and kwargs[new] != value:
+            raise ValueError(
+                f"{old} (old name of {new}) = {value!r} conflicts with {new} = {kwargs[new]!r}; "
+                f"pass only {new}"
+            )
+        _warn_renamed(old)
+        kwargs[new] = value
+    return kwargs
+
+
+def _accept_legacy_names(cls: type[HopeConfig]) -> type[HopeConfig]:
+    """Let ``cls(**kwargs)`` (and so ``from_dict`` / ``from_pretrained``) take the old field names,
+    and keep the old names as deprecated attribute aliases of the new ones."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **_rename_legacy_fields(kwargs))
+
+    cls.__init__ = __init__
+    for old, new in LEGACY_NAMES.items():
+        setattr(cls, old, _alias(old, new))
+    return cls
+
+
+def _alias(old: str, new: str) -> property:
+    def get(self: HopeConfig) -> Any:
+        _warn_renamed(old)
+        return getattr(self, new)
+
+    def set_(self: HopeConfig, value: Any) -> None:
+        _warn_renamed(old)
+        setattr(self, new, value)
+
+    return property(get, set_, doc=f"Deprecated name of ``{new}``.")
+
+
+@_accept_legacy_names
 
 class HopeConfig(PreTrainedConfig):
     r"""HOPE: self-modifying Titans + Continuum Memory System as a causal language model.
@@ -45,20 +130,20 @@ class HopeConfig(PreTrainedConfig):
             Number of HOPE blocks.
         num_attention_heads (`int`, defaults to 4):
             Heads H of the memories (and of attention in `hope_attention`).
-        memory_expansion (`int`, defaults to 2):
+        smt_expansion (`int`, defaults to 2):
             Hidden width of every SMT memory MLP, in head widths (D4).
-        chunk_size (`int`, defaults to 16):
+        smt_chunk_size (`int`, defaults to 16):
             Chunk size of the main memory (D6).
-        proj_chunk_size (`int`, defaults to 16):
+        smt_proj_chunk_size (`int`, defaults to 16):
             Chunk size of the projection memories (D6).
-        conv_size (`int`, defaults to 4):
+        smt_conv_size (`int`, defaults to 4):
             Window of the causal depthwise convolutions on q, k, v.
-        eta_max (`float`, *optional*):
-            Upper bound of the memories' inner learning rate (eta = eta_max sigmoid(.)). Default:
-            `1 / max(chunk_size, proj_chunk_size)`. Within a chunk every token's step is taken
+        smt_eta_max (`float`, *optional*):
+            Upper bound of the memories' inner learning rate (eta = smt_eta_max sigmoid(.)).
+            Default: `1 / max(smt_chunk_size, smt_proj_chunk_size)`. Within a chunk every token's step is taken
             at the chunk-start weights (Eq. 90), so up to C steps add up along similar keys; the
             DGD normalisation (Eq. 57) keeps one token's step stable, and this bound keeps the
-            chunk's summed step within one such step. With eta_max = 1 and C = 16 the tiny
+            chunk's summed step within one such step. With smt_eta_max = 1 and C = 16 the tiny
             preset's self-modifying memories diverged after 40-70 training steps (their
             weights grew from 0.3 to 1e11 within a few chunks; measured in the main job).
         smt_rule (`str`, defaults to `"dgd"`):
@@ -69,7 +154,7 @@ class HopeConfig(PreTrainedConfig):
             robust objective). Below the cap the two are identical; the cap bounds the step
             when a self-generated target (Eq. 84) runs away. Default `"huber"`: with `"l2"` the
             tiny preset's layer-3 memories diverged (weights 0.2 -> 1e34 within 8 chunks) after
-            40-70 training steps in three of three runs, also with `eta_max = 1/16`; with the
+            40-70 training steps in three of three runs, also with `smt_eta_max = 1/16`; with the
             cap the same weights and batch stay bounded.
         smt_huber_delta (`float`, defaults to 1.0):
             The cap of `smt_objective="huber"`.
@@ -77,9 +162,9 @@ class HopeConfig(PreTrainedConfig):
             `"learned"` or `"none"`.
         smt_retention (`str`, defaults to `"learned"`):
             `"learned"` or `"none"`.
-        q_projection (`str`, defaults to `"static"`):
+        smt_q_projection (`str`, defaults to `"static"`):
             `"static"` (Eq. 83) or `"adaptive"` (a memory, Eq. 96).
-        write_grad (`str`, defaults to `"full"`):
+        smt_write_grad (`str`, defaults to `"full"`):
             Backpropagation through memory writes: `"full"` (D3) or `"detach"` (cut at chunk
             ends; chunk ends inside a row's left padding do not cut, so a padded row's
             gradient still reaches the meta-learned initial memories).
@@ -123,18 +208,18 @@ class HopeConfig(PreTrainedConfig):
     hidden_size: int = 256
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
-    memory_expansion: int = 2
-    chunk_size: int = 16
-    proj_chunk_size: int = 16
-    conv_size: int = 4
-    eta_max: float | None = None
+    smt_expansion: int = 2
+    smt_chunk_size: int = 16
+    smt_proj_chunk_size: int = 16
+    smt_conv_size: int = 4
+    smt_eta_max: float | None = None
     smt_rule: str = "dgd"
     smt_objective: str = "huber"
     smt_huber_delta: float = 1.0
     smt_momentum: str = "learned"
     smt_retention: str = "learned"
-    q_projection: str = "static"
-    write_grad: str = "full"
+    smt_q_projection: str = "static"
+    smt_write_grad: str = "full"
     cms_hidden_sizes: list[int] | None = None
     cms_periods: list[int] | None = None
     cms_inner_lrs: list[float] | None = None
@@ -153,7 +238,7 @@ class HopeConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs: Any) -> None:
         check_choice("variant", self.variant, VARIANTS)
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "memory_expansion", "chunk_size", "proj_chunk_size", "conv_size"):
+                     "smt_expansion", "smt_chunk_size", "smt_proj_chunk_size", "smt_conv_size"):
             check_positive_int(name, getattr(self, name))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -166,8 +251,8 @@ class HopeConfig(PreTrainedConfig):
         check_choice("smt_objective", self.smt_objective, ("l2", "huber"))
         check_choice("smt_momentum", self.smt_momentum, ("learned", "none"))
         check_choice("smt_retention", self.smt_retention, ("learned", "none"))
-        check_choice("q_projection", self.q_projection, ("static", "adaptive"))
-        check_choice("write_grad", self.write_grad, ("full", "detach"))
+        check_choice("smt_q_projection", self.smt_q_projection, ("static", "adaptive"))
+        check_choice("smt_write_grad", self.smt_write_grad, ("full", "detach"))
         check_choice("cms_variant", self.cms_variant, ("sequential", "nested", "independent"))
         check_choice("cms_meta_grad", self.cms_meta_grad, ("second_order", "first_order"))
         if self.cms_hidden_sizes is None:
@@ -203,14 +288,19 @@ class HopeConfig(PreTrainedConfig):
                 f"in-context CMS levels must be listed fastest first (non-decreasing periods), "
                 f"got periods {ctx}"
             )
-        if self.eta_max is None:  # chunk sizes were checked above
-            self.eta_max = 1.0 / max(self.chunk_size, self.proj_chunk_size)
-        for name in ("eta_max", "smt_huber_delta", "rope_theta", "rms_norm_eps"):
+        if self.smt_eta_max is None:  # chunk sizes were checked above
+            self.smt_eta_max = 1.0 / max(self.smt_chunk_size, self.smt_proj_chunk_size)
+        for name in ("smt_eta_max", "smt_huber_delta", "rope_theta", "rms_norm_eps"):
             check_number(name, getattr(self, name))
         if self.sliding_window is not None:
             check_positive_int("sliding_window", self.sliding_window)
         check_number("initializer_range", self.initializer_range, strict=False)
         super().__post_init__(**kwargs)
+
+    def smt_layer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``SelfModifyingTitans`` (after width and heads): field
+        ``smt_<name>`` gives argument ``<name>``, for every name in ``SMT_SETTINGS``."""
+        return {name: getattr(self, f"smt_{name}") for name in SMT_SETTINGS}
 
     @property
     def head_dim(self) -> int:

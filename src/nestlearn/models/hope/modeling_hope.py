@@ -60,14 +60,7 @@ class HopeBlock(nn.Module):
         D, H = config.hidden_size, config.num_attention_heads
         self.mixer_norm = RMSNorm(D, eps=config.rms_norm_eps)
         if config.variant == "hope":
-            self.mixer = SelfModifyingTitans(
-                D, H, expansion=config.memory_expansion, chunk_size=config.chunk_size,
-                proj_chunk_size=config.proj_chunk_size, conv_size=config.conv_size,
-                eta_max=config.eta_max, rule=config.smt_rule, momentum=config.smt_momentum,
-                retention=config.smt_retention, q_projection=config.q_projection,
-                write_grad=config.write_grad, objective=config.smt_objective,
-                huber_delta=config.smt_huber_delta,
-            )
+            self.mixer = SelfModifyingTitans(D, H, **config.smt_layer_kwargs())
         else:
             self.mixer = Attention(D, num_heads=H, window=config.sliding_window,
                                    rope_theta=config.rope_theta)
