@@ -12,9 +12,11 @@ the same seed gives the same list, and train and test instances are drawn from d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-__all__ = ["Classification", "Example", "Generation"]
+__all__ = ["Classification", "Example", "Generation", "TaskSpec"]
 
 
 @dataclass(frozen=True)
@@ -34,3 +36,22 @@ class Generation:
 
 
 Example = Classification | Generation
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A named generated task: its generator, the settings of its training set and test sets.
+
+    ``generate(n, seed=..., **settings)`` returns ``n`` instances; ``train`` holds the settings of
+    the training instances and ``tests`` maps a test-set name (for example ``"bin0"``, ``"bin1"``
+    for a length bin never seen in training) to its settings.
+    """
+
+    name: str
+    kind: Literal["classification", "generation"]
+    generate: Callable[..., list[Example]]
+    train: dict[str, Any]
+    tests: dict[str, dict[str, Any]]
+    description: str = ""
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
