@@ -50,7 +50,7 @@ from nestlearn.eval.tasks.mad import (
     QUERY,
     key_value_alphabets,
     require_int,
-    start,
+    instance_rng,
 )
 
 __all__ = ["FILLERS", "MQAR_TASKS", "mqar", "mqar_capacity_sweep"]
@@ -107,7 +107,7 @@ def mqar(n: int, *, seed: int, num_kv_pairs: int = 8, num_queries: int | None = 
         filler: ``"noise"`` (random digits) or ``"pad"`` (``_``).
         noise_vocab_size: noise digits used by ``filler="noise"``, in ``[1, 10]``.
     """
-    rng = start(n, seed)
+    rng = instance_rng(n, seed)
     keys, values = key_value_alphabets(vocab_size, num_keys)
     filler_symbols = _filler_alphabet(filler, noise_vocab_size)
     require_int("num_kv_pairs", num_kv_pairs, low=1, high=len(keys))
