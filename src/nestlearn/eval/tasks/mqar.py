@@ -48,9 +48,9 @@ from nestlearn.eval.tasks.mad import (
     NOISE_SYMBOLS,
     PAD,
     QUERY,
+    instance_rng,
     key_value_alphabets,
     require_int,
-    instance_rng,
 )
 
 __all__ = ["FILLERS", "MQAR_TASKS", "mqar", "mqar_capacity_sweep"]
