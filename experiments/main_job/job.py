@@ -88,7 +88,8 @@ def run_main_job(job: MainJob, *, progress: bool = True) -> Path:
             "status": status.get(f, "reused"), "steps": train_curve[-1][0] if train_curve else 0,
             "final_train_loss": train_curve[-1][1] if train_curve else float("nan"),
             "val_loss": ev["loss"], "val_ppl": ev["perplexity"], "eval_tokens": ev["tokens"],
-            "tokens_per_s": sorted(rates)[len(rates) // 2] if rates else float("nan"),
+            "tokens_per_s": (job.tokens_per_step * len(rates) / sum(rates) if rates
+                             else float("nan")),
             "train_curve": train_curve, "val_curve": val_curve,
             "per_position": ev["per_position"], "weights": ev["weights"],
             "sample": _sample(model, tokenizer, job.prompt, job.sample_tokens),

@@ -35,16 +35,22 @@ def reading(models: dict[str, dict[str, Any]], unigram: float) -> str:
 
 
 def _metrics(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]], list[float]]:
-    train, val, rates = [], [], []
+    """Training curve, validation curve and the seconds of every clean logged step: not the
+    first (warm-up) and not one whose interval holds the evaluation or checkpoint of the step
+    before, so that throughput counts training time only."""
+    cfg = json.loads((run_dir / "train_config.json").read_text())["config"]["train"]
+    busy = [n for n in (cfg.get("eval_every", 0), cfg.get("checkpoint_every", 0)) if n]
+    train, val, seconds = [], [], []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
         if "loss" in r:
             train.append((r["step"], r["loss"]))
-            if r["step"] > 5:  # the first logged interval includes warm-up
-                rates.append(r["tokens_per_s"])
+            prev = r["step"] - 1
+            if prev >= 1 and r.get("tokens_per_s") and all(prev % n for n in busy):
+                seconds.append(1.0 / r["tokens_per_s"])
         if "val_loss" in r:
             val.append((r["step"], r["val_loss"]))
-    return train, val, rates
+    return train, val, seconds
 
 
 def _sample(model, tokenizer, prompt: str, tokens: int) -> str:
@@ -74,7 +80,7 @@ def _plots(out: Path, results: dict[str, Any], unigram: float) -> list[str]:
         if not r["train_curve"]:
             continue
         steps, losses = zip(*r["train_curve"], strict=True)
-        line, = ax.plot(steps, losses, label=f"{FAMILY_NAMES.get(f, f)} (train)", alpha=0.8)
+        line, = ax.plot(steps, losses, marker=".", label=f"{FAMILY_NAMES.get(f, f)} (train)", alpha=0.8)
         if r["val_curve"]:
             vs, vl = zip(*r["val_curve"], strict=True)
             ax.plot(vs, vl, "o--", color=line.get_color(), label=f"{FAMILY_NAMES.get(f, f)} (val)")
@@ -151,6 +157,8 @@ def _report(job: MainJob, r: dict[str, Any], levels: str | None, plots: list[str
         f"{job.eval_batches * job.batch_size} windows of {job.seq_len} tokens of the validation "
         f"split ({r['scored_tokens']:,} scored tokens, the same for every row).",
         *_calibration(r["calibration"]), "",
+        *([f"**Warning:** {minimum_warning(r['calibration'])}.", ""]
+          if r["calibration"].get("outcome") == "minimum" else []),
         "| model | parameters | steps | train loss | val loss | val ppl | train tokens/s "
         "(1 thread) | status |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
@@ -192,4 +200,6 @@ def _report(job: MainJob, r: dict[str, Any], levels: str | None, plots: list[str
               "nestlearn generate runs/main/runs/hope --prompt 'ROMEO:'", "```", "",
               "Numbers: `results.json`; training logs: `runs/<family>/train.log`, "
               "`metrics.jsonl`.", ""]
+    lines += ["", "Summary: " + reading(r["models"], r["unigram_val_loss"]).split(". ")[0]
+              + f"; {steps} steps per model; total {r['total_s'] / 60:.1f} min.", ""]
     return "\n".join(lines)
