@@ -200,6 +200,6 @@ def _report(job: MainJob, r: dict[str, Any], levels: str | None, plots: list[str
               "nestlearn generate runs/main/runs/hope --prompt 'ROMEO:'", "```", "",
               "Numbers: `results.json`; training logs: `runs/<family>/train.log`, "
               "`metrics.jsonl`.", ""]
-    lines += ["", "Summary: " + reading(r["models"], r["unigram_val_loss"]).split(". ")[0]
+    lines += ["", "Summary: " + reading(r["models"], r["unigram_val_loss"]).split(". ")[0].rstrip(".")
               + f"; {steps} steps per model; total {r['total_s'] / 60:.1f} min.", ""]
     return "\n".join(lines)
