@@ -1,4 +1,4 @@
-"""The main job's entry point: `nestlearn main` writes its report, errors are one line."""
+"""The demo and levels verbs of the `nestlearn` command: reports written, errors are one line."""
 
 import torch
 

@@ -1,7 +1,5 @@
 """The ``nestlearn`` command.
 
-    nestlearn main [--out DIR] [--steps N]         the main job: tiny HOPE vs Transformer++ vs
-                                                   Titans on the bundled corpus, with a report
     nestlearn demo [--out DIR]                     the memory-core demonstration
     nestlearn levels [--family F] [--preset P]     print a model's levels (decision D1)
     nestlearn levels --model DIR                   ... of a saved model
@@ -16,6 +14,8 @@ Under ``torchrun --nproc-per-node N -m nestlearn train ...`` training uses DDP (
 ``--set train.parallel=fsdp``).
 
 User mistakes end with a one-line ``error: ...`` message and exit code 2, never a traceback.
+The main job (tiny HOPE vs Transformer++ vs Titans with a report) is an experiment, not a verb:
+``python -m experiments.main_job`` from the repository root (``bash scripts/main.sh``).
 """
 
 from __future__ import annotations
@@ -23,21 +23,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-
-def _cmd_main(args: argparse.Namespace) -> int:
-    from nestlearn.mainjob import MainJob, run_main_job
-
-    job = MainJob(out=args.out, steps=args.steps, lanes=args.lanes, threads=args.threads,
-                  time_limit=args.time_limit, calibrate=not args.no_calibrate,
-                  families=tuple(f.strip() for f in args.families.split(",") if f.strip()))
-    try:
-        report = run_main_job(job, progress=not args.quiet)
-    except RuntimeError as err:  # a training or evaluation child failed: its log is quoted
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"report: {report}")
-    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -97,63 +82,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_run(path: Path) -> tuple[Path, Path]:
-    """(run directory, directory holding the weights) of a run, checkpoint or model path."""
-    from nestlearn.train import latest_checkpoint
-
-    if not path.exists():
-        raise FileNotFoundError(f"no such run, checkpoint or model directory: {path}")
-    if (path / "train_config.json").is_file():
-        weights = path / "model"
-        if not (weights / "model.safetensors").is_file():
-            weights = latest_checkpoint(path)
-            if weights is None:
-                raise FileNotFoundError(f"run {path} has no final model and no checkpoint")
-        return path, weights
-    for run in (path.parent, path.parent.parent):
-        if (run / "train_config.json").is_file():
-            return run, path
-    raise FileNotFoundError(f"{path} is not inside a training run (no train_config.json)")
-
-
-def _load_run(path: Path):
-    """(train config, model, tokenizer, weights directory) of a run path."""
-    import json
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    import nestlearn.models  # noqa: F401 - registers the model classes with Auto*
-    from nestlearn.data import load_tokenizer
-    from nestlearn.train import config_from_dict
-    from nestlearn.train.checkpoint import load_weights
-
-    run, weights = _resolve_run(path)
-    try:
-        config = config_from_dict(json.loads((run / "train_config.json").read_text())["config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{run / 'train_config.json'} is not a training config ({err})") from None
-    try:
-        model_config = AutoConfig.from_pretrained(weights)
-    except Exception as err:  # noqa: BLE001 - transformers raises OSError/ValueError/JSON errors
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot read the model config in {weights}: {first}") from None
-    model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
-    load_weights(weights, model)
-    tokenizer_file = next((d / "tokenizer.json" for d in (weights, run / "model")
-                           if (d / "tokenizer.json").is_file()), None)
-    if tokenizer_file is None:
-        raise FileNotFoundError(f"no tokenizer.json in {weights} or {run / 'model'}")
-    return config, model.eval(), load_tokenizer(tokenizer_file), weights
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from nestlearn.data import prepare_data
-    from nestlearn.train import evaluate
+    from nestlearn.train import evaluate, load_run
 
-    config, model, _, weights = _load_run(Path(args.run))
+    config, model, _, weights = load_run(Path(args.run))
     seq_len = args.seq_len or config.data.seq_len
     data = prepare_data(config.data.sources, tokenizer=config.data.tokenizer,
                         vocab_size=config.data.vocab_size, cache_dir=config.data.cache_dir,
@@ -225,11 +160,13 @@ class _PrintStreamer:
 def _cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
+    from nestlearn.train import load_run
+
     if args.max_new_tokens <= 0:
         raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-    _, model, tokenizer, _ = _load_run(Path(args.run))
+    _, model, tokenizer, _ = load_run(Path(args.run))
     ids = [tokenizer.eot_id, *tokenizer.encode(args.prompt)]
     torch.manual_seed(args.seed)
     sample = args.temperature > 0
@@ -273,39 +210,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nestlearn.train import ModelConfig
+
+    family, size = ModelConfig.family, ModelConfig.size
     parser = argparse.ArgumentParser(prog="nestlearn", description="Nested Learning in PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("main", help="the main job: train tiny HOPE, Transformer++ and Titans "
-                       "on the bundled corpus, evaluate, write a report")
-    p.add_argument("--out", default="runs/main", help="directory for the report (runs/main)")
-    p.add_argument("--steps", type=int, default=160, help="optimizer steps per model (160)")
-    p.add_argument("--families", default="hope,transformer,titans",
-                   help="comma-separated model families (hope,transformer,titans)")
-    p.add_argument("--lanes", type=int, default=2, help="training processes in parallel (2)")
-    p.add_argument("--threads", type=int, default=1, help="threads per process (1)")
-    p.add_argument("--time-limit", type=float, default=12.0,
-                   help="minutes of probe + training before running trainings are stopped "
-                   "(12; 0 = none)")
-    p.add_argument("--no-calibrate", action="store_true",
-                   help="no speed probe: train --steps steps even if they do not fit the time "
-                   "limit (by default every model trains the steps that fit it, at most --steps)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_main)
     p = sub.add_parser("demo", help="the memory-core demonstration (chunked vs reference, "
                        "recall of the Hebbian and delta rules)")
     p.add_argument("--out", default="runs/demo", help="directory for the report (runs/demo)")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("levels", help="print the levels of a model (D1)")
-    p.add_argument("--family", default="hope", help="transformer, hope, hope_attention, titans, "
-                   "titans_mag (default hope)")
-    p.add_argument("--preset", default="tiny", help="tiny, 340M, 760M, 1.3B (default tiny)")
+    p.add_argument("--family", default=family, help="transformer, hope, hope_attention, "
+                   f"titans, titans_mag (default {family})")
+    p.add_argument("--preset", default=size, help=f"tiny, 340M, 760M, 1.3B (default {size})")
     p.add_argument("--model", help="a directory written by save_pretrained (overrides --family)")
     p.set_defaults(func=_cmd_levels)
 
     p = sub.add_parser("train", help="train a model from a recipe (resumes a run directory)")
     p.add_argument("recipe", help="debug_cpu (seconds), tiny (minutes), tiny_stream")
-    p.add_argument("--family", default="hope", help="transformer, hope, hope_attention, titans, "
-                   "titans_mag (default hope)")
+    p.add_argument("--family", default=family, help="transformer, hope, hope_attention, "
+                   f"titans, titans_mag (default {family})")
     p.add_argument("--set", nargs="+", metavar="SECTION.FIELD=VALUE",
                    help="overrides, e.g. train.steps=20 optim.lr=1e-3 data.seq_len=128")
     p.add_argument("--out", help="run directory (= train.out_dir)")

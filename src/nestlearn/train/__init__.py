@@ -23,6 +23,7 @@ from nestlearn.train.config import (
 from nestlearn.train.levels import SlowLevel, slow_levels
 from nestlearn.train.loop import EvalResult, TrainResult, build_model, evaluate, train
 from nestlearn.train.recipes import RECIPES, get_recipe
+from nestlearn.train.runs import load_run, resolve_run
 
 __all__ = [
     "RECIPES",
@@ -42,6 +43,8 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "load_run",
+    "resolve_run",
     "slow_levels",
     "train",
 ]

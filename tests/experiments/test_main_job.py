@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from nestlearn import cli, mainjob
+from experiments.main_job import MainJob, calibrated_steps, plan, predicted_makespan, run_main_job
+from experiments.main_job.__main__ import main as main_job_cli
 from nestlearn.eval import unigram_log_probs, unigram_loss
-from nestlearn.mainjob import MainJob, calibrated_steps, predicted_makespan, run_main_job
 
 
 def test_main_job_trains_evaluates_and_reports(tmp_path, debug_overrides):
@@ -47,8 +47,8 @@ def test_main_job_rejects_bad_settings():
         MainJob(steps=0)
     with pytest.raises(ValueError, match="calibrate must be True or False"):
         MainJob(calibrate="yes")
-    assert cli.main(["main", "--families", "hope,nope"]) == 2
-    assert cli.main(["main", "--no-calibrate", "--families", "nope"]) == 2
+    assert main_job_cli(["--families", "hope,nope"]) == 2
+    assert main_job_cli(["--no-calibrate", "--families", "nope"]) == 2
 
 
 def test_unigram_baseline_matches_counting_by_hand():
@@ -77,7 +77,7 @@ def test_a_diverging_model_is_reported_not_fatal(tmp_path, debug_overrides):
 
 
 def test_report_compares_models_at_equal_steps_when_a_limit_stopped_one():
-    from nestlearn.mainjob import _equal_steps
+    from experiments.main_job.report import _equal_steps
 
     models = {
         "hope": {"name": "HOPE", "train_curve": [(10, 7.0), (20, 6.5), (30, 6.2)]},
@@ -169,7 +169,7 @@ def test_probe_plans_equal_steps_and_a_rerun_reuses_the_plan(tmp_path, debug_ove
                                                               monkeypatch):
     """The real probe path on the debug recipe; a budget fraction of ~0 makes every prediction
     overrun, so the job trains the documented minimum (10 of 12 steps) whatever the speed."""
-    monkeypatch.setattr(mainjob, "BUDGET_FRACTION", 1e-9)
+    monkeypatch.setattr(planning, "BUDGET_FRACTION", 1e-9)
     job = MainJob(out=str(tmp_path), recipe="debug_cpu", families=("hope", "transformer"),
                   steps=12, seq_len=32, batch_size=4, eval_batches=1, warmup_steps=6,
                   sample_tokens=4, extra=list(debug_overrides))
@@ -182,17 +182,30 @@ def test_probe_plans_equal_steps_and_a_rerun_reuses_the_plan(tmp_path, debug_ove
         assert plan["sec_per_step"][f] > 0 and plan["overhead_s"][f] > 0
         probe = tmp_path / "probe" / f
         steps = [json.loads(line)["step"] for line in (probe / "metrics.jsonl").open()]
-        assert max(steps) == mainjob.PROBE_STEPS
+        assert max(steps) == planning.PROBE_STEPS
         assert not (probe / "checkpoints").exists() and not (probe / "model").exists()
         run = tmp_path / "runs" / f
         assert results["models"][f]["steps"] == 10 and results["models"][f]["status"] == "trained"
         config = json.loads((run / "train_config.json").read_text())["config"]
         assert config["train"]["steps"] == 10 and config["optim"]["warmup_steps"] == 5
     # a rerun: no probe, the recorded plan (a new probe would now keep all 12 steps)
-    monkeypatch.setattr(mainjob, "BUDGET_FRACTION", 0.85)
+    monkeypatch.setattr(planning, "BUDGET_FRACTION", 0.85)
     (tmp_path / "probe" / "hope" / "metrics.jsonl").unlink()
     run_main_job(job, progress=False)
     again = json.loads((tmp_path / "results.json").read_text())
     assert again["calibration"]["reused"] and again["steps"] == 10
     assert all(m["steps"] == 10 for m in again["models"].values())
     assert not (tmp_path / "probe" / "hope" / "metrics.jsonl").exists()
+
+
+def test_reading_is_derived_from_the_numbers():
+    from experiments.main_job.report import reading
+
+    models = {f: {"name": n, "val_loss": v} for f, n, v in
+              (("hope", "HOPE", 6.2), ("transformer", "Transformer++", 6.5), ("titans", "T", 6.3))}
+    text = reading(models, 6.0)
+    assert "No model beat the unigram baseline (6.000)" in text and "well beyond" not in text
+    assert "HOPE 6.200 < T 6.300 (+0.100) < Transformer++ 6.500 (+0.300)" in text
+    assert reading(models, 7.0).startswith("Every model beat the unigram baseline")
+    assert reading(models, 6.25).startswith("HOPE beat the unigram baseline (6.250); "
+                                           "Transformer++, T did not")
