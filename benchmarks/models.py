@@ -197,7 +197,8 @@ def _tables(rows, lengths, contexts, families) -> str:
             cells = ""
             for c in contexts:
                 r = get("decode", fam, "context", c)
-                cells += (f"{r['tokens_per_s']:>17.1f}{r['cache_mb']:>10.2f}{r['peak_rss_mb']:>9.0f}"
+                cells += (f"{r['tokens_per_s']:>17.1f}{r['cache_mb']:>10.2f}"
+                          f"{r['peak_rss_mb']:>9.0f}"
                           if r else f"{'error':>17}{'':>10}{'':>9}")
             lines.append(f"{fam:<16}{cells}")
     errors = [r for r in rows if "error" in r]

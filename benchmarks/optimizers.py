@@ -440,7 +440,8 @@ def main() -> None:
     meta = {"quick": args.quick, "seeds": seeds, "threads": args.threads, "git_sha": sha,
                 "torch": torch.__version__, "python": platform.python_version(),
                 "wall_seconds": round(time.time() - t0, 1), "toy_config": TOY,
-                "train_steps": {k: (q if args.quick else f) for k, (_, f, q) in TRAIN_TASKS.items()}}
+                "train_steps": {k: (q if args.quick else f)
+                                for k, (_, f, q) in TRAIN_TASKS.items()}}
     (args.out / "optimizers.json").write_text(json.dumps(
         {"meta": meta, "toy": toy, "train": train, "table": table}, indent=1))
     _plot(toy, train, args.out / "optimizers.png")

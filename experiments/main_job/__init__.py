@@ -1,4 +1,6 @@
-"""The main job (``python -m experiments.main_job``; ``bash scripts/main.sh``): a small Table 2 on a CPU.
+"""The main job: a small Table 2 on a CPU.
+
+Run it with ``python -m experiments.main_job`` (or ``bash scripts/main.sh``).
 
 It trains the ``tiny`` presets of HOPE, Transformer++ and Titans (equal parameter count, within
 1.3%) on the bundled default corpus (Shakespeare + the Wikipedia sample, byte-level BPE 4096)
@@ -20,8 +22,8 @@ HOPE trains in one process while Transformer++ and then Titans train in the othe
 
 ``time_limit`` (minutes, wall clock, default 12) guards the 15-minute budget on a slow machine.
 So that every model still trains the same number of steps, a calibration probe (``calibrate``,
-``plan.plan_steps``) first trains ``PROBE_STEPS`` steps of each model with the real run's command and
-settings, in ``<out>/probe/<family>/`` and in the same lanes (so the same start-up cost, threads
+``plan.plan_steps``) first trains ``PROBE_STEPS`` steps of each model with the real run's command
+and settings, in ``<out>/probe/<family>/`` and in the same lanes (so the same start-up cost, threads
 and contention), and reads seconds per step, per evaluation and per process start from the
 probe's ``metrics.jsonl`` and wall clock. ``plan.calibrated_steps`` (pure) then picks the largest
 ``N <= steps`` whose predicted makespan (per lane: its models' ``N`` x seconds per step plus

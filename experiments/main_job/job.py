@@ -53,7 +53,8 @@ def run_main_job(job: MainJob, *, progress: bool = True) -> Path:
                         cache_dir=d.cache_dir, progress=progress)
     prep_s = time.monotonic() - t0
     print(f"[main] corpus {', '.join(d.sources)}: {len(data.train):,} training / "
-          f"{len(data.validation):,} validation tokens ({d.tokenizer} {data.tokenizer.vocab_size}); training "
+          f"{len(data.validation):,} validation tokens "
+          f"({d.tokenizer} {data.tokenizer.vocab_size}); training "
           f"{', '.join(job.families)} for up to {job.steps} steps x "
           f"{job.batch_size * job.seq_len:,} tokens in {job.lanes} lane(s); logs in "
           f"{out / 'runs'}/<family>/train.log", flush=True)
@@ -84,7 +85,8 @@ def run_main_job(job: MainJob, *, progress: bool = True) -> Path:
         if f == "hope":
             levels = format_levels(model.levels())
         results["models"][f] = {
-            "name": FAMILY_NAMES.get(f, f), "parameters": sum(p.numel() for p in model.parameters()),
+            "name": FAMILY_NAMES.get(f, f),
+            "parameters": sum(p.numel() for p in model.parameters()),
             "status": status.get(f, "reused"), "steps": train_curve[-1][0] if train_curve else 0,
             "final_train_loss": train_curve[-1][1] if train_curve else float("nan"),
             "val_loss": ev["loss"], "val_ppl": ev["perplexity"], "eval_tokens": ev["tokens"],

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.main_job.config import FAMILY_NAMES, PROBE_STEPS, MainJob
+from experiments.main_job.plan import minimum_warning
 
 
 def reading(models: dict[str, dict[str, Any]], unigram: float) -> str:
@@ -80,7 +81,8 @@ def _plots(out: Path, results: dict[str, Any], unigram: float) -> list[str]:
         if not r["train_curve"]:
             continue
         steps, losses = zip(*r["train_curve"], strict=True)
-        line, = ax.plot(steps, losses, marker=".", label=f"{FAMILY_NAMES.get(f, f)} (train)", alpha=0.8)
+        line, = ax.plot(steps, losses, marker=".", label=f"{FAMILY_NAMES.get(f, f)} (train)",
+                        alpha=0.8)
         if r["val_curve"]:
             vs, vl = zip(*r["val_curve"], strict=True)
             ax.plot(vs, vl, "o--", color=line.get_color(), label=f"{FAMILY_NAMES.get(f, f)} (val)")
@@ -182,7 +184,8 @@ def _report(job: MainJob, r: dict[str, Any], levels: str | None, plots: list[str
                   "two are evaluated from their last checkpoint).", ""]
     lines += ["Reading: this is a CPU-sized sketch of the paper's Table 2 (arXiv 2512.24695), "
               "not a reproduction of it: a few hundred thousand tokens instead of 15-100B, "
-              "5.5M parameters instead of 340M-1.3B. " + reading(r["models"], r["unigram_val_loss"]),
+              "5.5M parameters instead of 340M-1.3B. "
+              + reading(r["models"], r["unigram_val_loss"]),
               ""]
     for name in plots:
         lines += [f"![{name}]({name})", ""]
@@ -195,11 +198,13 @@ def _report(job: MainJob, r: dict[str, Any], levels: str | None, plots: list[str
               "seed 0.", ""]
     for m in r["models"].values():
         lines += [f"**{m['name']}**", "", "```", m["sample"].strip(), "```", ""]
-    lines += ["## Reproduce", "", "```bash", "bash scripts/main.sh            # = python -m experiments.main_job",
+    lines += ["## Reproduce", "", "```bash",
+              "bash scripts/main.sh            # = python -m experiments.main_job",
               "nestlearn eval runs/main/runs/hope     # full validation split",
               "nestlearn generate runs/main/runs/hope --prompt 'ROMEO:'", "```", "",
               "Numbers: `results.json`; training logs: `runs/<family>/train.log`, "
               "`metrics.jsonl`.", ""]
-    lines += ["", "Summary: " + reading(r["models"], r["unigram_val_loss"]).split(". ")[0].rstrip(".")
+    lines += ["", "Summary: "
+              + reading(r["models"], r["unigram_val_loss"]).split(". ")[0].rstrip(".")
               + f"; {steps} steps per model; total {r['total_s'] / 60:.1f} min.", ""]
     return "\n".join(lines)

@@ -7,7 +7,8 @@ flow and update frequency. Subpackages, each importing only the ones before it:
 - ``nestlearn.optim``: deep optimizers as ``torch.optim.Optimizer`` classes.
 - ``nestlearn.layers``: modules with parameters (memories, CMS, attention), no ``transformers``.
 - ``nestlearn.models``: Hugging Face-compatible causal language models.
-- ``nestlearn.data``, ``nestlearn.train``, ``nestlearn.eval``: corpora, the training loop, evaluation.
+- ``nestlearn.data``, ``nestlearn.train``, ``nestlearn.eval``: corpora, the training loop,
+  evaluation.
 """
 
 __version__ = "0.1.0"

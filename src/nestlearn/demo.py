@@ -40,12 +40,14 @@ def _equivalence() -> dict[str, float]:
         beta = 0.8 * torch.rand(B, T, H, generator=g, dtype=torch.float64) + 0.1
         state = None
         if memory != "linear":
-            state = MemoryState(weights=(0.3 * torch.randn(H, D, 2 * D, generator=g, dtype=q.dtype),
-                                         0.3 * torch.randn(H, 2 * D, D, generator=g, dtype=q.dtype)))
+            state = MemoryState(weights=(
+                0.3 * torch.randn(H, D, 2 * D, generator=g, dtype=q.dtype),
+                0.3 * torch.randn(H, 2 * D, D, generator=g, dtype=q.dtype)))
         kw = dict(memory=memory, rule="dgd", chunk_size=8, initial_state=state)
         o1, s1 = memory_reference(q, k, v, lr, alpha, beta, **kw)
         o2, s2 = memory_chunked(q, k, v, lr, alpha, beta, **kw)
-        diffs = [(o1 - o2).abs().max()] + [(a - b).abs().max() for a, b in zip(s1.weights, s2.weights)]
+        diffs = [(o1 - o2).abs().max()] + [(a - b).abs().max()
+                                           for a, b in zip(s1.weights, s2.weights)]
         out[memory] = float(max(diffs))
     return out
 
@@ -72,7 +74,8 @@ def _timing(T: int = 1024) -> dict:
     for fn in (memory_chunked, memory_reference):
         leaves = [torch.randn(B, T, H, D, generator=g) for _ in range(3)]
         leaves[1] = F.normalize(leaves[1], dim=-1)
-        rates = [0.1 * torch.rand(B, T, H, generator=g), 0.9 + 0.1 * torch.rand(B, T, H, generator=g),
+        rates = [0.1 * torch.rand(B, T, H, generator=g),
+                 0.9 + 0.1 * torch.rand(B, T, H, generator=g),
                  0.9 * torch.rand(B, T, H, generator=g) + 0.05]
         for t in leaves + rates:
             t.requires_grad_(True)
@@ -101,7 +104,8 @@ def run_demo(out: Path) -> Path:
     sizes = recall["sizes"]
     rows = ["| pairs N | " + " | ".join(RULES) + " |", "|---|" + "---|" * len(RULES)]
     for i, n in enumerate(sizes):
-        rows.append(f"| {n} | " + " | ".join(f"{recall['relative_error'][r][i]:.3f}" for r in RULES) + " |")
+        rows.append(f"| {n} | "
+                    + " | ".join(f"{recall['relative_error'][r][i]:.3f}" for r in RULES) + " |")
     text = "\n".join([
         "# nestlearn memory-core demo",
         "",

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from experiments.main_job import MainJob, calibrated_steps, plan, predicted_makespan, run_main_job
+from experiments.main_job import MainJob, calibrated_steps, predicted_makespan, run_main_job
+from experiments.main_job import plan as planning
 from experiments.main_job.__main__ import main as main_job_cli
 from nestlearn.eval import unigram_log_probs, unigram_loss
 

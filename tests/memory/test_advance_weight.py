@@ -84,7 +84,7 @@ def test_outputs_and_gradients_equal_autograd(case):
         if b is not None:
             assert a is not None and a.shape == leaves[i].shape, i
             assert b.abs().max() > 0, i  # every input gets a nonzero gradient
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m: f"{i}: {m}")
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=lambda m, i=i: f"{i}: {m}")
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[6]], ids=_ids)
@@ -142,8 +142,9 @@ def test_chained_double_backward_equals_autograd(case):
         for i, (a, b) in enumerate(zip(res[0][order], res[1][order])):
             assert (a is None) == (b is None), (order, i)
             if b is not None:
-                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9,
-                                           msg=lambda m: f"order {order + 1}, input {i}: {m}")
+                torch.testing.assert_close(
+                    a, b, rtol=1e-9, atol=1e-9,
+                    msg=lambda m, order=order, i=i: f"order {order + 1}, input {i}: {m}")
 
 
 def test_cached_mask_made_in_inference_mode_still_trains():

@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nestlearn.memory import MemoryState, memory_chunked, memory_reference
-from nestlearn.memory import _core
+from nestlearn.memory import MemoryState, _core, memory_chunked, memory_reference
 
 from ._cases import DT, Rule, call, grads, make_inputs, scalar_of, state_tensors
 
@@ -265,7 +264,8 @@ def test_huber_step_caps_the_error_norm():
 
     g = torch.Generator().manual_seed(3)
     B, H, D = 1, 2, 4
-    k = torch.nn.functional.normalize(torch.randn(B, 1, H, D, generator=g, dtype=torch.float64), dim=-1)
+    k = torch.nn.functional.normalize(
+        torch.randn(B, 1, H, D, generator=g, dtype=torch.float64), dim=-1)
     v = 3 * torch.randn(B, 1, H, D, generator=g, dtype=torch.float64)
     lr = torch.full((B, 1, H), 0.5, dtype=torch.float64)
     W0 = torch.randn(B, H, D, D, generator=g, dtype=torch.float64)

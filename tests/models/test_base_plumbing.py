@@ -32,7 +32,10 @@ class ToyConfig(PreTrainedConfig):
 
 
 class EMABlock(nn.Module):
-    """``y = x + W h`` with ``h`` the running average of ``x`` over real tokens; state ``h: [B, D]``."""
+    """``y = x + W h`` with ``h`` the running average of ``x`` over real tokens.
+
+    State ``h: [B, D]``.
+    """
 
     def __init__(self, dim):
         super().__init__()

@@ -1,4 +1,6 @@
-"""Transformer++ as a Hugging Face model: cache, padding, generate(), save/load, Auto classes, config.
+"""Transformer++ as a Hugging Face model.
+
+Covers cache, padding, generate(), save/load, Auto classes, config.
 
 Dimension legend: B batch, T tokens, V vocabulary.
 """
@@ -160,7 +162,10 @@ def test_generate_left_padded_equals_each_prompt_alone():
 
 @pytest.mark.parametrize("decoding", ["beam", "greedy"])
 def test_generate_with_cache_equals_without(decoding):
-    """Beam search reorders the cache (LayerStateCache.reorder_cache); it must match a cache-free run."""
+    """Beam search reorders the cache (LayerStateCache.reorder_cache).
+
+    It must match a cache-free run.
+    """
     model = make_model(sliding_window=5)
     ids = torch.randint(0, V, (2, 4))
     kwargs = {"max_new_tokens": 7, "do_sample": False, "pad_token_id": 0}
@@ -263,7 +268,10 @@ def test_config_round_trip(tmp_path):
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert type(loaded) is TransformerConfig
-    without_path = lambda c: {k: v for k, v in c.to_dict().items() if k != "_name_or_path"}
+
+    def without_path(c):
+        return {k: v for k, v in c.to_dict().items() if k != "_name_or_path"}
+
     assert without_path(loaded) == without_path(config)
     assert (loaded.sliding_window, loaded.head_dim, loaded.num_key_value_heads) == (7, 8, 2)
 

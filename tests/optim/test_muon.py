@@ -14,7 +14,8 @@ from ._helpers import DT, clone_params, loss_fn, make_params, run
 
 def _ns5_reference(G: torch.Tensor) -> torch.Tensor:
     """Quintic Newton-Schulz, 5 steps, coefficients (3.4445, -4.7750, 2.0315), written from the
-    published formula: X0 = G / ||G||_F; X <- a X + b (X X^T) X + c (X X^T)^2 X on the short side."""
+    published formula: X0 = G / ||G||_F; X <- a X + b (X X^T) X + c (X X^T)^2 X on the short
+    side."""
     a, b, c = 3.4445, -4.7750, 2.0315
     tall = G.shape[0] > G.shape[1]
     X = G.T if tall else G

@@ -7,7 +7,10 @@ import pytest
 
 from nestlearn.train import apply_overrides, get_recipe, train
 
-WORDS = ["the", "memory", "of", "a", "model", "learns", "while", "it", "reads", "and", "every", "level", "has", "its", "own", "clock", "slow", "weights", "remember", "what", "fast", "weights", "forget", "a", "stream", "of", "tokens", "flows", "through", "layers", "of", "attention", "and", "recurrence"]
+WORDS = ["the", "memory", "of", "a", "model", "learns", "while", "it", "reads", "and", "every",
+         "level", "has", "its", "own", "clock", "slow", "weights", "remember", "what", "fast",
+         "weights", "forget", "a", "stream", "of", "tokens", "flows", "through", "layers", "of",
+         "attention", "and", "recurrence"]
 
 
 def _document(rng: random.Random, n_sentences: int) -> str:

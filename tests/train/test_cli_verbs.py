@@ -52,7 +52,8 @@ def test_train_writes_the_run_directory(tmp_path, debug_overrides, capsys):
 
     import nestlearn.models  # noqa: F401
 
-    assert AutoModelForCausalLM.from_pretrained(out / "model").config.model_type.endswith("transformer")
+    assert AutoModelForCausalLM.from_pretrained(out / "model").config.model_type.endswith(
+        "transformer")
 
 
 def test_eval_reports_the_per_position_curve(trained_run, tmp_path, capsys):

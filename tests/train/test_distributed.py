@@ -74,7 +74,8 @@ def test_sigterm_checkpoints_and_resumes(tmp_path, debug_overrides):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") > 3):
+    while time.time() < deadline and not (metrics.is_file()
+                                          and metrics.read_text().count("\n") > 3):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0]

@@ -1,4 +1,6 @@
-"""``python -m nestlearn.data [SOURCE ...]``: prepare (tokenize and cache) a corpus, print its stats.
+"""Prepare (tokenize and cache) a corpus and print its stats.
+
+Usage: ``python -m nestlearn.data [SOURCE ...]``.
 
 SOURCE is a name (shakespeare, wikipedia, brown, bible, austen) or a path; the default is the
 shakespeare + wikipedia pair. Prints one JSON object: cache directory, tokenizer and, per split,

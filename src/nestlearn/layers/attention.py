@@ -43,7 +43,9 @@ __all__ = ["Attention", "AttentionState", "RotaryEmbedding", "apply_rotary"]
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding (Su et al., 2021, "RoFormer", Eq. 34) in the Llama half-split layout.
+    """Rotary position embedding in the Llama half-split layout.
+
+    Su et al., 2021, "RoFormer", Eq. 34.
 
     It has no parameters or buffers: the inverse frequencies ``base^(-2i/Dh)`` are recomputed on
     each call (``Dh / 2`` numbers), so the module is safe under meta-device construction and
@@ -121,7 +123,9 @@ class AttentionState:
 
 
 class Attention(nn.Module):
-    """Causal softmax attention ``softmax(q k^T / sqrt(Dh) + mask) v`` (Vaswani et al., 2017, Eq. 1).
+    """Causal softmax attention ``softmax(q k^T / sqrt(Dh) + mask) v``.
+
+    Vaswani et al., 2017, Eq. 1.
 
     Computed with ``F.scaled_dot_product_attention``; RoPE on q and k; ``num_kv_heads < num_heads``
     shares each key/value head among ``num_heads / num_kv_heads`` query heads (GQA, Ainslie et al.,
@@ -163,8 +167,8 @@ class Attention(nn.Module):
         if head_dim is None:
             if hidden_size % num_heads != 0:
                 raise ValueError(
-                    f"Attention hidden_size={hidden_size} must be divisible by num_heads={num_heads} "
-                    "when head_dim is not given"
+                    f"Attention hidden_size={hidden_size} must be divisible by "
+                    f"num_heads={num_heads} when head_dim is not given"
                 )
             head_dim = hidden_size // num_heads
         if window is not None and window < 1:
@@ -216,7 +220,8 @@ class Attention(nn.Module):
         else:
             if position_ids.ndim != 2 or position_ids.shape[-1] != T:
                 raise ValueError(
-                    f"position_ids must have shape [B, {T}] or [1, {T}], got {tuple(position_ids.shape)}"
+                    f"position_ids must have shape [B, {T}] or [1, {T}], "
+                    f"got {tuple(position_ids.shape)}"
                 )
             positions = position_ids.to(x.device).expand(B, T)  # [B, T]
             next_position = positions[:, -1] + 1

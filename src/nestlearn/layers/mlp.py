@@ -1,4 +1,6 @@
-"""Gated feed-forward block: SwiGLU (Shazeer, 2020, "GLU Variants Improve Transformer"), as in Llama.
+"""Gated feed-forward block: SwiGLU, as in Llama.
+
+Shazeer, 2020, "GLU Variants Improve Transformer".
 
 Dimension legend: B batch, T tokens, D model width, F hidden (intermediate) width.
 """

@@ -25,8 +25,9 @@ Project decisions written down here:
 * Implementation. All five memories are written with the same keys and rates, so the default
   path (``_fused_segment``, driving ``nestlearn.memory.stacked``) advances them together: one set
   of chunk coefficients per segment, the input-side weights of all memories stacked into one
-  ``[M*h, d]`` matrix per head, the output-side weights on a memory axis (``nestlearn/memory/README.md`` section 7). The targets
-  and the inner gradients share one product with the chunk-start weights. ``impl="per_group"``
+  ``[M*h, d]`` matrix per head, the output-side weights on a memory axis
+  (``nestlearn/memory/README.md`` section 7). The targets and the inner gradients share one
+  product with the chunk-start weights. ``impl="per_group"``
   (one ``memory_chunked`` call per group of memories) and ``impl="reference"`` (token by token)
   give the same results and are kept for tests and benchmarks.
 * Input scale. The projection memories read each head's slice of x l2-normalised: their writes
@@ -331,7 +332,9 @@ class SelfModifyingTitans(nn.Module):
             vhat_main = read_chunk_start(v, main, 1, "residual_mlp")
 
             # 3. DGD + retention + momentum writes (Eq. 88); the main memory also reads q (Eq. 94)
-            def write(mem_state, n, vhat, kind, chunk, query=None):
+            # (k, eta, alpha, beta bound as defaults: this segment's values, as in the calls below)
+            def write(mem_state, n, vhat, kind, chunk, query=None, k=k, eta=eta, alpha=alpha,
+                      beta=beta):
                 return update(
                     query if query is not None else k.repeat(1, 1, n, 1), k.repeat(1, 1, n, 1),
                     vhat, eta.repeat(1, 1, n), _rep(alpha, n), _rep(beta, n), memory=kind,

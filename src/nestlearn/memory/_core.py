@@ -159,7 +159,8 @@ def check_args(
     return Args(
         q=to_internal(q), k=to_internal(k), v=to_internal(v), lr=to_internal(lr),
         alpha=to_internal(alpha), beta=to_internal(beta), memory=memory, objective=objective,
-        huber_delta=float(huber_delta), rule=rule, chunk_size=chunk_size, read=read, write_grad=write_grad, state=state,
+        huber_delta=float(huber_delta), rule=rule, chunk_size=chunk_size, read=read,
+        write_grad=write_grad, state=state,
         out_dtype=out_dtype,
     )
 
@@ -235,8 +236,9 @@ def apply_memory(memory: MemoryKind, weights: tuple[Tensor, ...], x: Tensor) -> 
 def objective_loss(objective: Objective, y: Tensor, v: Tensor, delta: float = 1.0) -> Tensor:
     """The inner objective summed over every memory and token.
 
-    dot (Hebbian, Eq. 14-18): ``-<M(k), v>``; l2 (delta rule, Titans Eq. 12): ``1/2 ||M(k) - v||^2``.
-    The factor 1/2 makes the l2 step ``-lr (M k - v) k^T``, the delta rule with step ``lr``.
+    dot (Hebbian, Eq. 14-18): ``-<M(k), v>``; l2 (delta rule, Titans Eq. 12):
+    ``1/2 ||M(k) - v||^2``. The factor 1/2 makes the l2 step ``-lr (M k - v) k^T``, the delta
+    rule with step ``lr``.
     huber (Miras' robust attentional bias): ``1/2 ||e||^2`` for ``||e|| <= delta``, else
     ``delta (||e|| - delta/2)``, per token, ``e = M(k) - v``: the l2 step with the error's norm
     capped at ``delta`` (README section 1).
@@ -260,8 +262,9 @@ def huber_error(e: Tensor, delta: float) -> Tensor:
 @dataclass
 class InnerGrad:
     """Per-token inner gradients at the chunk-start weights, one rank-1 factor pair per weight:
-    the gradient of the loss of token i w.r.t. weight w is ``us[w][..., i, :] (x) xs[w][..., i, :]``.
-    ``key_proj`` is ``k @ W_in^T`` for the input-side weight (reused by the DGD transfer term)."""
+    the gradient of the loss of token i w.r.t. weight w is
+    ``us[w][..., i, :] (x) xs[w][..., i, :]``. ``key_proj`` is ``k @ W_in^T`` for the input-side
+    weight (reused by the DGD transfer term)."""
 
     us: tuple[Tensor, ...]  # each [..., L, O]
     xs: tuple[Tensor, ...]  # each [..., L, I]

@@ -49,7 +49,8 @@ def advance_weight(W: Tensor, S: Tensor | None, u: Tensor, x: Tensor, co, *,
     """Advance one weight matrix over one chunk (README eq. 3.4-3.5, and 4.4 when ``kp`` is given).
 
     ``W``, ``S``: ``[..., O, I]`` before the chunk (``S`` the momentum, or ``None``);
-    ``u``, ``x``: ``[..., L, O]``, ``[..., L, I]``, the chunk's gradient factors at its start weights;
+    ``u``, ``x``: ``[..., L, O]``, ``[..., L, I]``, the chunk's gradient factors at its start
+    weights;
     ``co``: the chunk's :class:`~nestlearn.memory.coefficients.ChunkCoefficients` (or a dict of
     its per-chunk fields) with leading dims that broadcast against ``W``'s (so several memories
     that share keys and rates share ``co``).

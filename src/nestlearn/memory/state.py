@@ -19,7 +19,8 @@ class MemoryState:
 
     Weights are the memory's fast weights, one ``[B, H, O, I]`` tensor per weight matrix:
     ``(W,)`` for the linear memory (``W: [B, H, Dv, Dk]``) and ``(W1, W2)`` for the 2-layer MLP
-    memory ``M(x) = [x +] W1 silu(W2 x)`` of Eq. 89 (``W1: [B, H, Dv, Dh]``, ``W2: [B, H, Dh, Dk]``).
+    memory ``M(x) = [x +] W1 silu(W2 x)`` of Eq. 89 (``W1: [B, H, Dv, Dh]``,
+    ``W2: [B, H, Dh, Dk]``).
 
     Attributes:
         weights: the fast weights after the last token written.

@@ -21,7 +21,8 @@ How it works with ``transformers`` 5 ``generate()`` (read from ``generation/util
 - The object is duck-typed rather than a ``transformers.Cache`` subclass: ``Cache`` is a list of
   key/value ``CacheLayerMixin`` layers, which recurrent memories are not. ``generate`` reads only
   ``is_compileable`` (False: no 4-D mask building, no auto-compile), ``get_seq_length()``,
-  ``is_croppable`` (False), ``is_linear`` (5.24+: all False, see there) and, for beam search, ``reorder_cache(beam_idx)``.
+  ``is_croppable`` (False), ``is_linear`` (5.24+: all False, see there) and, for beam search,
+  ``reorder_cache(beam_idx)``.
 - ``transformers`` 5.24 renamed the cache argument and output field ``past_key_values`` to
   ``cache`` (the old name still works, with a deprecation warning). The models accept both
   arguments (:func:`pick_cache`) and fill whichever field the installed version's output classes
@@ -45,7 +46,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 __all__ = ["OUTPUT_CACHE_FIELD", "LayerStateCache", "output_cache", "pick_cache"]
 
-OUTPUT_CACHE_FIELD = ("cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
+OUTPUT_CACHE_FIELD = ("cache"
+                      if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
                       else "past_key_values")
 """The cache field of ``transformers``' output classes: ``cache`` from 5.24, ``past_key_values``
 before."""
@@ -102,7 +104,10 @@ class LayerStateCache:
         return f"LayerStateCache(num_seen_tokens={self.num_seen_tokens}, states=[{kinds}])"
 
     def advance(self, num_new_tokens: int) -> None:
-        """Record that the model has consumed ``num_new_tokens`` more tokens (call once per forward)."""
+        """Record that the model has consumed ``num_new_tokens`` more tokens.
+
+        Call once per forward.
+        """
         self.num_seen_tokens += num_new_tokens
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

@@ -12,7 +12,7 @@ inside them; every other module is initialised by its type.
 | writes into the residual stream (attention ``o_proj``,  | N(0, r^2 / (2 N))                  |
 | MLP ``down_proj``, CMS ``w_down``, memory output proj.) |                                    |
 | memory layers' own parameters                           | their ``reset_parameters``         |
-| causal convolutions                                     | ``CausalDepthwiseConv.reset_parameters`` |
+| causal convolutions                                   | ``CausalDepthwiseConv.reset_parameters`` |
 | RMSNorm gains                                           | 1                                  |
 
 r is ``config.initializer_range`` and N the number of blocks (GPT-2's depth scaling).

@@ -13,14 +13,18 @@ def choice(name: str, value, allowed: tuple) -> None:
 
 def number(name: str, value, *, lo: float, hi: float = math.inf, lo_open: bool = False,
            hi_open: bool = False) -> None:
-    """``value`` must be a real number in the interval given by ``lo``/``hi`` (closed unless open)."""
+    """``value`` must be a real number in the interval given by ``lo``/``hi``.
+
+    The interval is closed unless open.
+    """
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
     if not ok:
         left = "(" if lo_open else "["
         right = ")" if hi_open or hi == math.inf else "]"
-        raise ValueError(f"{name} must be a finite number in {left}{lo}, {hi}{right}, got {value!r}")
+        raise ValueError(
+            f"{name} must be a finite number in {left}{lo}, {hi}{right}, got {value!r}")
 
 
 def integer(name: str, value, *, lo: int) -> None:

@@ -50,7 +50,8 @@ class AssociativeMomentum(torch.optim.Optimizer):
         side: ``"right"`` (arXiv Eq. 49, ``b (mu I - beta G^T G)``) or ``"left"`` (NeurIPS form).
         nesterov: read ``P g + mu b`` instead of ``b`` (as ``torch.optim.SGD``).
         preconditioner: values memorised, ``"none"`` (g), ``"rms"`` (g / (sqrt(v) + eps), v an EMA
-            of g^2 with ``beta2``, as ``torch.optim.RMSprop``) or ``"adagrad"`` (v a sum), Eq. 46-47.
+            of g^2 with ``beta2``, as ``torch.optim.RMSprop``) or ``"adagrad"`` (v a sum),
+            Eq. 46-47.
         beta2, eps: of the preconditioner.
         output: read-out ``sigma`` of Eq. 52: ``"identity"``, ``"newton_schulz"`` (quintic,
             matrix parameters only; with ``objective="dot"`` this is Muon) or ``"sign"``.
@@ -118,9 +119,11 @@ class AssociativeMomentum(torch.optim.Optimizer):
                     raise ValueError(f"{type(self).__name__} does not support sparse gradients")
                 state = self.state[p]
                 if not state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format)
                     if group["preconditioner"] != "none":
-                        state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        state["square_avg"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format)
                 grad: Tensor = p.grad
                 if group["weight_decay"] != 0:
                     grad = grad.add(p, alpha=group["weight_decay"])
@@ -151,5 +154,6 @@ class DeltaMomentum(AssociativeMomentum):
     def __init__(self, params: Iterable, lr: float, *, momentum: float = 0.9, decay: float = 0.5,
                  **kwargs) -> None:
         if "objective" in kwargs:
-            raise ValueError("objective is fixed to 'l2' for DeltaMomentum; use AssociativeMomentum")
+            raise ValueError(
+                "objective is fixed to 'l2' for DeltaMomentum; use AssociativeMomentum")
         super().__init__(params, lr, momentum=momentum, decay=decay, objective="l2", **kwargs)

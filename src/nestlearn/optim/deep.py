@@ -1,4 +1,6 @@
-"""``DeepMomentum``: Deep Momentum Gradient Descent (DMGD), Nested Learning arXiv 2512.24695 Eq. 50-52.
+"""``DeepMomentum``: Deep Momentum Gradient Descent (DMGD).
+
+Nested Learning, arXiv 2512.24695, Eq. 50-52.
 
 The momentum of each parameter is a small residual MLP memory, trained online (one GD step per
 optimiser step) on the gradients with its own inner objective; the weight update is the memory's
@@ -66,9 +68,9 @@ class DeepMomentum(torch.optim.Optimizer):
         seed: int = 0,
     ) -> None:
         defaults = {
-            "lr": lr, "momentum": momentum, "objective": objective, "memory": memory, "hidden": hidden,
-            "memory_lr": memory_lr, "activation": activation, "output": output, "ns_steps": ns_steps,
-            "weight_decay": weight_decay, "seed": seed,
+            "lr": lr, "momentum": momentum, "objective": objective, "memory": memory,
+            "hidden": hidden, "memory_lr": memory_lr, "activation": activation, "output": output,
+            "ns_steps": ns_steps, "weight_decay": weight_decay, "seed": seed,
         }
         self._validate(defaults)
         super().__init__(params, defaults)

@@ -1,4 +1,6 @@
-"""Pure update rules of the deep optimizers (Nested Learning, arXiv 2512.24695, sections 4.2-4.4 and 7.2).
+"""Pure update rules of the deep optimizers.
+
+Nested Learning, arXiv 2512.24695, sections 4.2-4.4 and 7.2.
 
 Every optimizer in ``nestlearn.optim`` is a momentum *memory* (section 4.2: momentum is an
 associative memory that compresses gradients) plus a read-out map. The functions here are that

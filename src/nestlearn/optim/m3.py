@@ -71,9 +71,9 @@ class M3(torch.optim.Optimizer):
         kind: str = "auto",
     ) -> None:
         defaults = {
-            "lr": lr, "betas": betas, "beta3": beta3, "alpha": alpha, "frequency": frequency, "slow": slow,
-            "eps": eps, "ns_steps": ns_steps, "weight_decay": weight_decay, "update_scale": update_scale,
-            "kind": kind,
+            "lr": lr, "betas": betas, "beta3": beta3, "alpha": alpha, "frequency": frequency,
+            "slow": slow, "eps": eps, "ns_steps": ns_steps, "weight_decay": weight_decay,
+            "update_scale": update_scale, "kind": kind,
         }
         self._validate(defaults)
         super().__init__(params, defaults)

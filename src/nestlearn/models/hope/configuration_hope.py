@@ -140,8 +140,9 @@ class HopeConfig(PreTrainedConfig):
             Window of the causal depthwise convolutions on q, k, v.
         smt_eta_max (`float`, *optional*):
             Upper bound of the memories' inner learning rate (eta = smt_eta_max sigmoid(.)).
-            Default: `1 / max(smt_chunk_size, smt_proj_chunk_size)`. Within a chunk every token's step is taken
-            at the chunk-start weights (Eq. 90), so up to C steps add up along similar keys; the
+            Default: `1 / max(smt_chunk_size, smt_proj_chunk_size)`. Within a chunk every token's
+            step is taken at the chunk-start weights (Eq. 90), so up to C steps add up along
+            similar keys; the
             DGD normalisation (Eq. 57) keeps one token's step stable, and this bound keeps the
             chunk's summed step within one such step. With smt_eta_max = 1 and C = 16 the tiny
             preset's self-modifying memories diverged after 40-70 training steps (their

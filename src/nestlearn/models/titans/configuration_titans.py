@@ -14,9 +14,8 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-from nestlearn.models._checks import check_choice, check_number, check_positive_int
-
 from nestlearn.layers.mlp import swiglu_hidden_size
+from nestlearn.models._checks import check_choice, check_number, check_positive_int
 
 __all__ = ["TitansConfig"]
 

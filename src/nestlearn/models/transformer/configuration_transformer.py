@@ -61,7 +61,8 @@ class TransformerConfig(PreTrainedConfig):
         num_attention_heads (`int`, defaults to 4):
             Query heads H.
         num_key_value_heads (`int`, *optional*):
-            Key/value heads (grouped-query attention); divides `num_attention_heads`. Defaults to it.
+            Key/value heads (grouped-query attention); divides `num_attention_heads`. Defaults to
+            it.
         head_dim (`int`, *optional*):
             Per-head width, even. Defaults to `hidden_size // num_attention_heads`.
         intermediate_size (`int`, *optional*):
@@ -118,7 +119,8 @@ class TransformerConfig(PreTrainedConfig):
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads != 0:
                 raise ValueError(
-                    f"hidden_size must be divisible by num_attention_heads={self.num_attention_heads} "
+                    "hidden_size must be divisible by "
+                    f"num_attention_heads={self.num_attention_heads} "
                     f"when head_dim is not set, got {self.hidden_size}"
                 )
             self.head_dim = self.hidden_size // self.num_attention_heads
