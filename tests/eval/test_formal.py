@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from nestlearn.eval import tasks
 from nestlearn.eval.tasks.base import Classification
 from nestlearn.eval.tasks.formal import BIN0, BIN1, FORMAL_TASKS, generate_formal
 from nestlearn.models.presets import FAMILIES, count_parameters, preset_config
@@ -174,3 +175,10 @@ def test_task_preset_keeps_every_family_within_one_percent(family):
     ref = count_parameters(preset_config("transformer", "task"))
     n = count_parameters(preset_config(family, "task"))
     assert abs(n / ref - 1) < 0.01, (family, n, ref)
+
+
+def test_package_registry_holds_every_formal_task():
+    assert set(FORMAL_TASKS) <= set(tasks.TASKS)
+    assert all(tasks.TASKS[name] is spec for name, spec in FORMAL_TASKS.items())
+    assert all(spec.name == name for name, spec in tasks.TASKS.items())
+    assert all(hasattr(tasks, name) for name in tasks.__all__)
