@@ -348,7 +348,7 @@ def test_preset_parameter_counts(name):
         config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.vocab_size
     )
     assert counted == expected == config.num_parameters()
-    assert config.vocab_size == (4096 if name == "tiny" else 32000)
+    assert config.vocab_size == {"task": 32, "tiny": 4096}.get(name, 32000)
     assert config.tie_word_embeddings is False
 
 

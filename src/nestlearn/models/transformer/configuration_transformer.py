@@ -6,7 +6,9 @@ derived defaults are filled and every field is checked in ``__post_init__``, whi
 
 Presets (``TransformerConfig.from_preset(name)``) follow spec section 5.4: ``tiny`` trains on a
 CPU in minutes (D11); ``340M``, ``760M`` and ``1.3B`` are the GPT-3-style shapes of the Titans / fla
-line of work with vocabulary 32000 and untied embeddings. Parameter counts: ``num_parameters()``.
+line of work with vocabulary 32000 and untied embeddings; ``task`` is the small model of the
+synthetic tasks (``nestlearn.eval.runner``), whose vocabulary (a task's characters plus special
+tokens) is set per task. Parameter counts: ``num_parameters()``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from nestlearn.models._checks import check_number, check_positive_int
 __all__ = ["TRANSFORMER_PRESETS", "TransformerConfig"]
 
 TRANSFORMER_PRESETS: dict[str, dict[str, Any]] = {
+    "task": {
+        "vocab_size": 32,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    },
     "tiny": {
         "vocab_size": 4096,
         "hidden_size": 256,
