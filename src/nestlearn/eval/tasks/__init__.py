@@ -8,6 +8,10 @@
   trained on lengths 1..40 and tested on 1..40 (``bin0``) and 41..80 (``bin1``).
 * :mod:`~nestlearn.eval.tasks.jsonl`: tasks from JSON Lines files (:func:`read_jsonl`,
   :func:`write_jsonl`) and the character vocabulary of a task (:class:`CharVocab`).
+* :mod:`~nestlearn.eval.tasks.mad`: the six MAD tasks (``MAD_TASKS``: in-context recall, fuzzy
+  and noisy in-context recall, selective copying, compression, memorization) at the character level.
+* :mod:`~nestlearn.eval.tasks.mqar`: multi-query associative recall (``MQAR_TASKS``) with the
+  number of key-value pairs as the capacity knob.
 
 ``TASKS`` maps every generated task's name to its :class:`TaskSpec`.
 """
@@ -15,9 +19,13 @@
 from nestlearn.eval.tasks.base import Classification, Example, Generation, TaskSpec
 from nestlearn.eval.tasks.formal import FORMAL_TASKS, generate_formal
 from nestlearn.eval.tasks.jsonl import CharVocab, read_jsonl, write_jsonl
+from nestlearn.eval.tasks.mad import MAD_TASKS
+from nestlearn.eval.tasks.mqar import MQAR_TASKS
 
 __all__ = [
     "FORMAL_TASKS",
+    "MAD_TASKS",
+    "MQAR_TASKS",
     "TASKS",
     "CharVocab",
     "Classification",
@@ -29,5 +37,4 @@ __all__ = [
     "write_jsonl",
 ]
 
-# MAD_TASKS and MQAR_TASKS are merged here
-TASKS: dict[str, TaskSpec] = {**FORMAL_TASKS}
+TASKS: dict[str, TaskSpec] = {**FORMAL_TASKS, **MAD_TASKS, **MQAR_TASKS}
