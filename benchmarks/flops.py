@@ -6,7 +6,7 @@ counted), per token, at the sequence lengths given. CPU attention kernels are no
 the flop counter, so the causal attention of the families that have it is added from the
 shapes: ``2 T D`` multiply-adds per token and layer for ``QK^T`` and ``AV`` over the causal
 half, times 3 for forward + backward. Together with ``models.py``'s tokens/s this separates
-"more arithmetic" from "less efficient arithmetic" (README, known limits).
+"more arithmetic" from "less efficient arithmetic" (docs/performance.md).
 
     python benchmarks/flops.py                       # T = 2048 and 8192
     python benchmarks/flops.py --lengths 512 2048

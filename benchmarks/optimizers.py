@@ -1,4 +1,4 @@
-"""Benchmark of the deep optimizers in ``nestlearn.optim`` (project issue 4).
+"""Benchmark of the deep optimizers in ``nestlearn.optim``.
 
 Run:  python benchmarks/optimizers.py [--quick] [--threads N] [--out benchmarks/results]
 

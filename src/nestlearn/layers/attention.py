@@ -1,6 +1,6 @@
 """Causal multi-head softmax self-attention with RoPE, optional sliding window and grouped KV heads.
 
-The Transformer++ baseline's sequence mixer (spec D10) and the mixer of HOPE-Attention (D8). It
+The Transformer++ baseline's sequence mixer (decision D10) and the mixer of HOPE-Attention (D8). It
 follows the sequence-mixing layer contract shared by every mixer in ``nestlearn.layers``:
 
     y, new_state = layer(x, state=state, attention_mask=attention_mask, position_ids=position_ids)
@@ -187,6 +187,32 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=False)
         self.rotary = RotaryEmbedding(head_dim, base=rope_theta)
 
+    def _mask(self, T: int, num_past: int, num_seen: int, key_mask: Tensor | None, *,
+              device: torch.device) -> Tensor | None:
+        """The attention mask (causal, sliding window, padding) or None when SDPA's causal
+        flag suffices."""
+        # Column indices of queries and keys in the stream (pads included).
+        q_col = num_seen + torch.arange(T, device=device)  # [T]
+        k_col = num_seen - num_past + torch.arange(num_past + T, device=device)  # [S + T]
+        needs_mask = (
+            num_past > 0 or key_mask is not None or (self.window is not None and T > self.window)
+        )
+        attn_mask = None
+        if needs_mask:
+            delta = q_col.unsqueeze(-1) - k_col.unsqueeze(0)  # [T, S + T]
+            allowed = delta >= 0
+            if self.window is not None:
+                allowed = allowed & (delta < self.window)
+            if key_mask is not None:
+                # A padded query keeps its own key so that its softmax row is never empty.
+                allowed = (allowed.unsqueeze(0) & key_mask.unsqueeze(1)) | (
+                    delta == 0
+                )  # [B, T, S + T]
+            attn_mask = (
+                allowed.unsqueeze(-3) if allowed.ndim == 3 else allowed
+            )  # [B, 1, T, S+T] | [T, S+T]
+        return attn_mask
+
     def forward(
         self,
         x: Tensor,
@@ -203,28 +229,7 @@ class Attention(nn.Module):
                 f"state batch size {state.keys.shape[0]} does not match x batch size {B}"
             )
 
-        # RoPE positions: count real tokens per row, continuing from the state.
-        if position_ids is None:
-            start = (
-                state.next_position
-                if state is not None
-                else torch.zeros(B, dtype=torch.long, device=x.device)
-            )  # [B]
-            if new_mask is None:
-                offsets = torch.arange(T, device=x.device).expand(B, T)
-                next_position = start + T
-            else:
-                offsets = (new_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
-                next_position = start + new_mask.long().sum(dim=-1)
-            positions = start.unsqueeze(-1) + offsets  # [B, T]
-        else:
-            if position_ids.ndim != 2 or position_ids.shape[-1] != T:
-                raise ValueError(
-                    f"position_ids must have shape [B, {T}] or [1, {T}], "
-                    f"got {tuple(position_ids.shape)}"
-                )
-            positions = position_ids.to(x.device).expand(B, T)  # [B, T]
-            next_position = positions[:, -1] + 1
+        positions, next_position = _rope_positions(x, state, new_mask, position_ids)  # [B, T]
 
         q = self.q_proj(x).view(B, T, H, Dh).transpose(1, 2)  # [B, H, T, Dh]
         k = self.k_proj(x).view(B, T, G, Dh).transpose(1, 2)  # [B, G, T, Dh]
@@ -246,26 +251,7 @@ class Attention(nn.Module):
             num_new=T,
         )  # [B, S + T] bool or None
 
-        # Column indices of queries and keys in the stream (pads included).
-        q_col = num_seen + torch.arange(T, device=x.device)  # [T]
-        k_col = num_seen - num_past + torch.arange(num_past + T, device=x.device)  # [S + T]
-        needs_mask = (
-            num_past > 0 or key_mask is not None or (self.window is not None and T > self.window)
-        )
-        attn_mask = None
-        if needs_mask:
-            delta = q_col.unsqueeze(-1) - k_col.unsqueeze(0)  # [T, S + T]
-            allowed = delta >= 0
-            if self.window is not None:
-                allowed = allowed & (delta < self.window)
-            if key_mask is not None:
-                # A padded query keeps its own key so that its softmax row is never empty.
-                allowed = (allowed.unsqueeze(0) & key_mask.unsqueeze(1)) | (
-                    delta == 0
-                )  # [B, T, S + T]
-            attn_mask = (
-                allowed.unsqueeze(-3) if allowed.ndim == 3 else allowed
-            )  # [B, 1, T, S+T] | [T, S+T]
+        attn_mask = self._mask(T, num_past, num_seen, key_mask, device=x.device)
 
         k_h = k.repeat_interleave(H // G, dim=1) if G != H else k  # [B, H, S + T, Dh]
         v_h = v.repeat_interleave(H // G, dim=1) if G != H else v  # [B, H, S + T, Dh]
@@ -328,3 +314,33 @@ def _concat_masks(
     if new is None:
         new = torch.ones(batch, num_new, dtype=torch.bool, device=past.device)
     return torch.cat([past, new], dim=1)
+
+
+def _rope_positions(x: Tensor, state, new_mask: Tensor | None,
+                   position_ids: Tensor | None) -> tuple[Tensor, Tensor]:
+    """RoPE positions ``[B, T]`` and the next position ``[B]``: real tokens are counted per row,
+    continuing from the state, unless ``position_ids`` are given."""
+    B, T, _ = x.shape
+    if position_ids is None:
+        start = (
+            state.next_position
+            if state is not None
+            else torch.zeros(B, dtype=torch.long, device=x.device)
+        )  # [B]
+        if new_mask is None:
+            offsets = torch.arange(T, device=x.device).expand(B, T)
+            next_position = start + T
+        else:
+            offsets = (new_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+            next_position = start + new_mask.long().sum(dim=-1)
+        positions = start.unsqueeze(-1) + offsets  # [B, T]
+    else:
+        if position_ids.ndim != 2 or position_ids.shape[-1] != T:
+            raise ValueError(
+                f"position_ids must have shape [B, {T}] or [1, {T}], "
+                f"got {tuple(position_ids.shape)}"
+            )
+        positions = position_ids.to(x.device).expand(B, T)  # [B, T]
+        next_position = positions[:, -1] + 1
+    return positions, next_position
+

@@ -138,6 +138,18 @@ def check_args(
     state = _check_state(initial_state, memory=memory, B=B, H=H, Dk=Dk, Dv=Dv, q=q, dtype=dtype)
     if beta is None and state.momentum is not None:
         raise ValueError("initial_state carries momentum but beta is None; pass beta")
+    _check_offsets(state, B=B, chunk_size=chunk_size)
+    return Args(
+        q=to_internal(q), k=to_internal(k), v=to_internal(v), lr=to_internal(lr),
+        alpha=to_internal(alpha), beta=to_internal(beta), memory=memory, objective=objective,
+        huber_delta=float(huber_delta), rule=rule, chunk_size=chunk_size, read=read,
+        write_grad=write_grad, state=state,
+        out_dtype=out_dtype,
+    )
+
+
+def _check_offsets(state: MemoryState, *, B: int, chunk_size: int) -> None:
+    """The state's chunk offsets (an int or one per row) and written flags fit the batch."""
     offsets = state.offset
     if isinstance(offsets, Tensor):
         if offsets.shape != (B,):
@@ -156,13 +168,6 @@ def check_args(
             f"initial_state.offset ({state.offset}) must be < chunk_size ({chunk_size}); a "
             "stream must keep its chunk size"
         )
-    return Args(
-        q=to_internal(q), k=to_internal(k), v=to_internal(v), lr=to_internal(lr),
-        alpha=to_internal(alpha), beta=to_internal(beta), memory=memory, objective=objective,
-        huber_delta=float(huber_delta), rule=rule, chunk_size=chunk_size, read=read,
-        write_grad=write_grad, state=state,
-        out_dtype=out_dtype,
-    )
 
 
 def _check_state(state, *, memory, B, H, Dk, Dv, q, dtype) -> MemoryState:

@@ -52,8 +52,8 @@ def memory_reference(
     """Token-by-token reference; same signature and results as :func:`memory_chunked`."""
     a = _core.check_args(
         q, k, v, lr, alpha, beta, memory=memory, objective=objective, huber_delta=huber_delta,
-        rule=rule,
-        chunk_size=chunk_size, read=read, initial_state=initial_state, write_grad=write_grad,
+        rule=rule, chunk_size=chunk_size, read=read, initial_state=initial_state,
+        write_grad=write_grad,
     )
     st = a.state
     W, Wc = list(st.weights), list(st.chunk_start)
@@ -67,16 +67,12 @@ def memory_reference(
 
     def rows(mask: Tensor) -> Tensor:  # [B] -> [B, 1, 1, 1] against [B, H, O, I]
         return mask.view(B, 1, 1, 1)
-
     lr_eff = _core.effective_lr(a)  # [B, H, T]
     written = st.written  # None: every row counts as written
     w_in = _core.input_side(memory)
 
-    def inner_loss(weights: tuple[Tensor, ...], k_t: Tensor, v_t: Tensor) -> Tensor:
-        return _core.objective_loss(objective, _core.apply_memory(memory, weights, k_t), v_t,
-                                    huber_delta)
-
-    inner_grad = torch.func.grad(inner_loss)
+    inner_grad = torch.func.grad(lambda weights, k_t, v_t: _core.objective_loss(
+        objective, _core.apply_memory(memory, weights, k_t), v_t, huber_delta))
     outs = []
     for t in range(a.k.shape[2]):
         starts = rows(offset == 0)  # rows whose chunk begins at this token

@@ -1,4 +1,4 @@
-"""Model presets at equal parameter count (spec 5.4, D10, D11).
+"""Model presets at equal parameter count (decisions D10, D11; the paper sizes of its section 9).
 
 Every family uses the Transformer++ preset's width, depth, heads and vocabulary; the part that
 differs is sized so the total parameter count matches Transformer++ of the same preset:

@@ -18,8 +18,8 @@ Configs saved before the prefix (``chunk_size``, ``eta_max``, ... see ``LEGACY_N
 with a ``FutureWarning`` per old name; saving writes the new names.
 
 Presets (``nestlearn.models.presets.preset_config("hope", size)``) use the Transformer++ presets'
-width, depth and vocabulary (spec 5.4) and size the CMS so the total parameter count matches the
-Transformer++ of the same preset (``hope`` within a few percent, ``hope_attention`` exactly); see
+width, depth and vocabulary (the paper's 340M-1.3B shapes) and size the CMS so the total
+parameter count matches the Transformer++ of the same preset (within 1.3%); see
 ``nestlearn.models.presets`` for the counts.
 """
 
@@ -142,11 +142,9 @@ class HopeConfig(PreTrainedConfig):
             Upper bound of the memories' inner learning rate (eta = smt_eta_max sigmoid(.)).
             Default: `1 / max(smt_chunk_size, smt_proj_chunk_size)`. Within a chunk every token's
             step is taken at the chunk-start weights (Eq. 90), so up to C steps add up along
-            similar keys; the
-            DGD normalisation (Eq. 57) keeps one token's step stable, and this bound keeps the
-            chunk's summed step within one such step. With smt_eta_max = 1 and C = 16 the tiny
-            preset's self-modifying memories diverged after 40-70 training steps (their
-            weights grew from 0.3 to 1e11 within a few chunks; measured in the main job).
+            similar keys; the DGD normalisation (Eq. 57) keeps one token's step stable, and this
+            bound keeps the chunk's summed step within one such step (the measured divergence
+            without it: docs/stability.md).
         smt_rule (`str`, defaults to `"dgd"`):
             Inner optimizer of the memories: `"dgd"` (D5) or `"gd"`.
         smt_objective (`str`, defaults to `"huber"`):
@@ -154,9 +152,7 @@ class HopeConfig(PreTrainedConfig):
             l2 regression with each token's error norm capped at `smt_huber_delta` (Miras'
             robust objective). Below the cap the two are identical; the cap bounds the step
             when a self-generated target (Eq. 84) runs away. Default `"huber"`: with `"l2"` the
-            tiny preset's layer-3 memories diverged (weights 0.2 -> 1e34 within 8 chunks) after
-            40-70 training steps in three of three runs, also with `smt_eta_max = 1/16`; with the
-            cap the same weights and batch stay bounded.
+            tiny preset's memories diverged (docs/stability.md).
         smt_huber_delta (`float`, defaults to 1.0):
             The cap of `smt_objective="huber"`.
         smt_momentum (`str`, defaults to `"learned"`):

@@ -1,4 +1,4 @@
-"""Configuration of the Titans baseline (Titans sections 3-4; spec D10).
+"""Configuration of the Titans baseline (Titans sections 3-4; decision D10).
 
 Two variants: ``"lmm"`` (the neural long-term memory alone as the sequence mixer, followed by a
 SwiGLU MLP; the "Titans (LMM)" rows of the papers' tables) and ``"mag"`` (memory as a gate:
@@ -45,13 +45,13 @@ class TitansConfig(PreTrainedConfig):
         lr_max (`float`, *optional*):
             Upper bound of the memory's inner learning rate theta. Default `1 / chunk_size`:
             the steps of a chunk are all taken at its start weights (Titans section 3.2), so
-            along similar keys they add up to `chunk_size` steps; with `lr_max = 1` the tiny
-            preset diverged at training step 13 on the bundled corpus.
+            along similar keys they add up to `chunk_size` steps (with `lr_max = 1` the tiny
+            preset diverged: docs/stability.md).
         memory_objective (`str`, defaults to `"huber"`):
             The memory's inner objective: `"l2"` (Titans Eq. 12) or `"huber"`, the same l2
             regression with each token's error norm capped at `memory_huber_delta` (identical
-            below the cap). Default `"huber"`, as for HOPE: with `"l2"` (and `lr_max = 1/16`) the
-            tiny preset diverged at training step 116 of the main job.
+            below the cap). Default `"huber"`, as for HOPE: with `"l2"` the tiny preset diverged
+            (docs/stability.md).
         memory_huber_delta (`float`, defaults to 1.0):
             The cap of `memory_objective="huber"`.
         memory_read (`str`, defaults to `"chunk_start"`):

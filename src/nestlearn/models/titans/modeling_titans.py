@@ -1,4 +1,4 @@
-"""Titans baseline as a Hugging Face causal language model (Titans sections 3-4; spec D10).
+"""Titans baseline as a Hugging Face causal language model (Titans sections 3-4; decision D10).
 
 ``lmm``: ``x <- x + LMM(norm(x))``, ``x <- x + SwiGLU(norm(x))``.
 ``mag``: ``h = norm(x)``, ``x <- x + RMSNorm(SWA(h)) * SiLU(RMSNorm(LMM(h)))`` (Titans Eq. 26-28,

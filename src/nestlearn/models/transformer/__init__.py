@@ -1,4 +1,4 @@
-"""The Transformer++ baseline (spec D10)."""
+"""The Transformer++ baseline (decision D10)."""
 
 from nestlearn.models.transformer.configuration_transformer import (
     TRANSFORMER_PRESETS,

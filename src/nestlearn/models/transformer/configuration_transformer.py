@@ -1,4 +1,4 @@
-"""Configuration of the Transformer++ baseline (spec D10): Llama-style decoder-only language model.
+"""Configuration of the Transformer++ baseline (decision D10): Llama-style decoder-only language model.
 
 Fields are typed class attributes (the ``transformers`` 5 dataclass-style ``PreTrainedConfig``);
 derived defaults are filled and every field is checked in ``__post_init__``, which the generated
@@ -87,7 +87,7 @@ class TransformerConfig(PreTrainedConfig):
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the normal initialisation of linear and embedding weights.
         tie_word_embeddings (`bool`, defaults to `False`):
-            Share the input embedding with the output projection (spec 5.4 uses untied).
+            Share the input embedding with the output projection (the paper's setting is untied).
         use_cache (`bool`, defaults to `True`):
             Return a `LayerStateCache` from forward unless told otherwise.
     """

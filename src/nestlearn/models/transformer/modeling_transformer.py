@@ -1,4 +1,4 @@
-"""Transformer++ baseline (spec D10): the Llama architecture as a Hugging Face model.
+"""Transformer++ baseline (decision D10): the Llama architecture as a Hugging Face model.
 
 embedding -> N x [x + Attention(RMSNorm(x)); x + SwiGLU(RMSNorm(x))] -> RMSNorm -> LM head.
 Attention is causal softmax attention with RoPE (optionally sliding-window and grouped-query),
