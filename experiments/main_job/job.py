@@ -12,7 +12,7 @@ from typing import Any
 from experiments.main_job.config import FAMILY_NAMES, MainJob
 from experiments.main_job.lanes import train_all
 from experiments.main_job.plan import plan_steps
-from experiments.main_job.report import _metrics, _plots, _report, _sample
+from experiments.main_job.report import _metrics, _plots, _report, _sample, level_updates
 
 
 def _unigram(job: MainJob) -> tuple[float, int]:
@@ -84,6 +84,11 @@ def run_main_job(job: MainJob, *, progress: bool = True) -> Path:
         _, model, tokenizer, _ = load_run(run_dir)
         if f == "hope":
             levels = format_levels(model.levels())
+            results["level_updates"] = level_updates(
+                list(model.config.cms_periods),
+                list(model.config.cms_inner_lrs or [0.0] * len(model.config.cms_periods)),
+                steps=train_curve[-1][0] if train_curve else 0,
+                tokens_per_step=job.batch_size * job.seq_len)
         results["models"][f] = {
             "name": FAMILY_NAMES.get(f, f),
             "parameters": sum(p.numel() for p in model.parameters()),

@@ -97,14 +97,48 @@ def _plots(out: Path, results: dict[str, Any], unigram: float) -> list[str]:
         curve = r["per_position"]
         if not all(math.isfinite(x) for x in curve):
             continue
-        ax.plot(range(1, len(curve) + 1), curve, label=FAMILY_NAMES.get(f, f))
+        ax.plot(*binned(curve), marker=".", label=FAMILY_NAMES.get(f, f))
     ax.axhline(unigram, color="gray", ls=":", label="unigram")
     ax.set_xscale("log")
     _finish(plt, fig, ax, out / "context.png",
-            xlabel="position in the validation window (tokens)",
+            xlabel="position in the validation window (tokens, log-spaced bins)",
             ylabel="mean next-token loss (nats)",
             title="context usage: loss by position (NL Fig. 10)")
     return ["loss.png", "context.png"]
+
+
+def level_updates(periods: list[int], inner_lrs: list[float], *, steps: int,
+                  tokens_per_step: int) -> list[str]:
+    """How often each CMS level was updated in a run of ``steps`` optimizer steps: every step
+    (period 0), in context (inner learning rate > 0), or once every ``ceil(period /
+    tokens_per_step)`` steps (a slow level, as the training loop schedules it)."""
+    out = []
+    for level, (period, lr) in enumerate(zip(periods, inner_lrs, strict=True)):
+        if period <= 0:
+            out.append(f"CMS level {level}: every optimizer step ({steps} updates)")
+        elif lr > 0:
+            out.append(f"CMS level {level}: in context, every {period} tokens of each sequence "
+                       f"(inner lr {lr:g}), and by the optimizer every step ({steps} updates)")
+        else:
+            every = math.ceil(period / tokens_per_step)
+            n = steps // every
+            note = " (never: the run is shorter than one period)" if n == 0 else ""
+            out.append(f"CMS level {level}: every {every} optimizer steps ({period:,} tokens): "
+                       f"{n} updates{note}")
+    return out
+
+
+def binned(curve: list[float], *, bins_per_decade: int = 8) -> tuple[list[float], list[float]]:
+    """The loss-by-position curve averaged over log-spaced position bins (positions 1-based):
+    the bin centres (geometric mean of the positions in the bin) and the mean losses."""
+    xs, ys, lo = [], [], 1
+    while lo <= len(curve):
+        hi = max(lo + 1, math.ceil(lo * 10 ** (1 / bins_per_decade)))
+        chunk = curve[lo - 1:hi - 1]
+        xs.append(math.exp(sum(math.log(p) for p in range(lo, lo + len(chunk))) / len(chunk)))
+        ys.append(sum(chunk) / len(chunk))
+        lo = hi
+    return xs, ys
 
 
 def _finish(plt, fig, ax, path: Path, *, xlabel: str, ylabel: str, title: str) -> None:
@@ -193,6 +227,8 @@ def _report(job: MainJob, r: dict[str, Any], levels: str | None, plots: list[str
         lines += ["## HOPE's levels (decision D1)", "",
                   "Every part that learns, with its update period; the optimizer is the slowest "
                   "level.", "", levels, ""]
+        lines += [f"Updates in this run ({steps} steps of {tok:,} tokens):", "",
+                  *[f"- {u}" for u in r.get("level_updates", [])], ""]
     lines += ["## Samples", "",
               f"Prompt `{job.prompt}`, {job.sample_tokens} tokens, temperature 0.8, top-k 40, "
               "seed 0.", ""]

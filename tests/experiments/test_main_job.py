@@ -7,6 +7,7 @@ import pytest
 from experiments.main_job import MainJob, calibrated_steps, predicted_makespan, run_main_job
 from experiments.main_job import plan as planning
 from experiments.main_job.__main__ import main as main_job_cli
+from experiments.main_job.report import binned, level_updates
 from nestlearn.eval import unigram_log_probs, unigram_loss
 
 
@@ -210,3 +211,24 @@ def test_reading_is_derived_from_the_numbers():
     assert reading(models, 7.0).startswith("Every model beat the unigram baseline")
     assert reading(models, 6.25).startswith("HOPE beat the unigram baseline (6.250); "
                                            "Transformer++, T did not")
+
+
+def test_level_updates_count_what_the_schedule_applied():
+    rows = level_updates([0, 32 * 2048, 64], [0.0, 0.0, 0.1], steps=10, tokens_per_step=2048)
+    assert rows[0] == "CMS level 0: every optimizer step (10 updates)"
+    assert rows[1].startswith("CMS level 1: every 32 optimizer steps") and "0 updates" in rows[1]
+    assert "never" in rows[1]
+    assert rows[2].startswith("CMS level 2: in context, every 64 tokens")
+    rows = level_updates([0, 4096], [0.0, 0.0], steps=9, tokens_per_step=1024)
+    assert rows[1].endswith("every 4 optimizer steps (4,096 tokens): 2 updates")
+
+
+def test_context_curve_is_averaged_over_log_spaced_bins():
+    curve = [float(i) for i in range(1, 257)]
+    xs, ys = binned(curve)
+    assert xs[0] == 1.0 and ys[0] == 1.0
+    assert len(xs) < 30 and all(a < b for a, b in zip(xs, xs[1:], strict=False))
+    widths = [b / a for a, b in zip(xs[4:], xs[5:], strict=False)]
+    assert max(widths) < 1.6
+    # every position is counted once: the bin means weighted by their sizes give the overall mean
+    assert abs(ys[-1] - curve[-1]) < 40 and min(ys) == 1.0

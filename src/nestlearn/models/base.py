@@ -132,7 +132,8 @@ class DecoderModelMixin:
         if attention_mask is not None:
             if attention_mask.ndim != 2 or attention_mask.shape[1] < T:
                 raise ValueError(
-                    f"attention_mask must be the 2-D [batch, tokens>={T}] 0/1 padding mask, got shape "
+                    f"attention_mask must be the 2-D [batch, tokens>={T}] 0/1 padding mask, "
+                    f"got shape "
                     f"{tuple(attention_mask.shape)}"
                 )
             attention_mask = attention_mask[:, -T:]  # [B, T]
@@ -150,7 +151,8 @@ class DecoderModelMixin:
             cache = LayerStateCache(len(self.layers))
         if cache is not None and len(cache) != len(self.layers):
             raise ValueError(
-                f"past_key_values holds {len(cache)} layer states but the model has {len(self.layers)} layers"
+                f"past_key_values holds {len(cache)} layer states but the model has "
+                f"{len(self.layers)} layers"
             )
 
         hidden = inputs_embeds
@@ -253,7 +255,9 @@ class CausalLMMixin:
 
 
 def causal_lm_loss(logits: Tensor, labels: Tensor, *, ignore_index: int = -100) -> Tensor:
-    """Mean next-token cross-entropy: position ``t`` predicts ``labels[:, t + 1]`` (fp32 or wider)."""
+    """Mean next-token cross-entropy: position ``t`` predicts ``labels[:, t + 1]``.
+
+    Computed in fp32 or wider."""
     shifted = logits[:, :-1].flatten(0, 1)  # [B * (T - 1), V]
     targets = labels[:, 1:].flatten().to(logits.device)  # [B * (T - 1)]
     compute_dtype = torch.promote_types(logits.dtype, torch.float32)

@@ -44,7 +44,8 @@ def _choice(section: str, name: str, value: Any, allowed: tuple) -> None:
 
 
 def _positive(section: str, name: str, value: Any, *, zero: bool = False) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if zero else value > 0)
+    ok = (isinstance(value, int) and not isinstance(value, bool)
+          and (value >= 0 if zero else value > 0))
     if not ok:
         kind = "a non-negative" if zero else "a positive"
         raise ValueError(f"{section}.{name} must be {kind} integer, got {value!r}")
@@ -85,7 +86,8 @@ class DataConfig:
     seq_len: int = 256
     """Tokens per training window."""
     batch_size: int = 8
-    """Global batch size in sequences (split across ranks and ``train.grad_accum`` micro-batches)."""
+    """Global batch size in sequences (split across ranks and ``train.grad_accum`` micro-batches).
+    """
     mode: DataMode = "random"
     """``"random"``: independent random windows, memory state reset per window. ``"stream"``: each
     batch row is a lane reading the split in document order; the recurrent state is carried from
@@ -102,7 +104,8 @@ class DataConfig:
             raise ValueError(f"data.sources must be a non-empty list of names or paths, got "
                              f"{self.sources!r}")
         if not isinstance(self.tokenizer, str) or not self.tokenizer:
-            raise ValueError(f"data.tokenizer must be 'bpe', 'byte' or a path, got {self.tokenizer!r}")
+            raise ValueError(
+                f"data.tokenizer must be 'bpe', 'byte' or a path, got {self.tokenizer!r}")
         _positive("data", "vocab_size", self.vocab_size)
         _positive("data", "seq_len", self.seq_len)
         _positive("data", "batch_size", self.batch_size)

@@ -361,7 +361,8 @@ def _check_resume(run_dir: Path, config: TrainConfig) -> None:
     try:
         saved = json.loads(saved_file.read_text())["config"]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"{saved_file} is not a training config; use a new train.out_dir") from None
+        raise ValueError(
+            f"{saved_file} is not a training config; use a new train.out_dir") from None
     now = config_to_dict(config)
     changed = [f"{s}.{k}" for s in ("model", "data", "optim") for k in now[s]
                if saved.get(s, {}).get(k) != now[s][k]]

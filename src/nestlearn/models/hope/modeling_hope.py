@@ -11,7 +11,8 @@ segment it takes the next-token loss of the token pairs inside the segment (summ
 excluded), backpropagates it through the whole network to the levels' per-sequence fast weights
 (through every path inside the current chunk, including the recurrent states carried from its
 earlier segments: the total derivative of the chunk's loss at the chunk-start weights), sums it
-into each level's chunk gradient and, at a level's chunk end, applies ``W <- W - lr * sum``. A pair that straddles two calls (streaming, or one token per decoding step)
+into each level's chunk gradient and, at a level's chunk end, applies ``W <- W - lr * sum``. A
+pair that straddles two calls (streaming, or one token per decoding step)
 is scored when its target arrives, from the log-probabilities kept in the cache, and counted for
 the levels whose chunk it lies in. So the loss of a chunk is the same however the stream is cut,
 and a chunk's update uses only tokens of that chunk (causal). ``cms_meta_grad`` decides whether
@@ -186,7 +187,8 @@ class HopeForCausalLM(CausalLMMixin, HopePreTrainedModel, GenerationMixin):
             cache = HopeCache(self.config.num_hidden_layers)
         elif not isinstance(cache, HopeCache):
             raise TypeError(
-                f"past_key_values must be a HopeCache for in-context CMS, got {type(cache).__name__}"
+                f"past_key_values must be a HopeCache for in-context CMS, "
+                f"got {type(cache).__name__}"
             )
         logits = self._read_and_learn(input_ids, attention_mask, position_ids, cache)
         loss = None
@@ -279,7 +281,7 @@ class HopeForCausalLM(CausalLMMixin, HopePreTrainedModel, GenerationMixin):
         keep = []
         for block, tensors in zip(self.model.layers, flat):
             ctx = block.cms.in_context
-            for j, t in enumerate(tensors):
+            for j in range(len(tensors)):
                 level = ctx[j // 3]
                 skip = boundary is not None and boundary % block.cms.periods[level] == 0
                 keep.append(not skip)

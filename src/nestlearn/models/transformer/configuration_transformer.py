@@ -1,4 +1,4 @@
-"""Configuration of the Transformer++ baseline (decision D10): Llama-style decoder-only language model.
+"""Configuration of the Transformer++ baseline (decision D10): a Llama-style decoder-only LM.
 
 Fields are typed class attributes (the ``transformers`` 5 dataclass-style ``PreTrainedConfig``);
 derived defaults are filled and every field is checked in ``__post_init__``, which the generated
