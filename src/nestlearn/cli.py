@@ -6,6 +6,12 @@
     nestlearn train RECIPE [--family F] [--set section.field=value ...] [--out DIR]
                                                    train (resumes from DIR's latest checkpoint)
     nestlearn eval RUN [--split validation]        perplexity and per-position loss (NL Fig. 10)
+    nestlearn eval --suite formal|mad|mqar [--out DIR]
+                                                   a synthetic table, every family, 3 seeds
+    nestlearn task --task T [--family F ...] [--seeds N] --out DIR
+                                                   train and score on a synthetic task
+    nestlearn task --train-file F --test-file F1 [--test-file F2 ...] --out DIR
+                                                   ... on a task of JSON Lines files
     nestlearn generate RUN --prompt TEXT           sample text, printed as it is generated
     nestlearn bench [NAME ...] [--quick]           run benchmarks/NAME.py (all by default)
 
@@ -82,8 +88,94 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_line() -> str:
+    import shlex
+
+    return "nestlearn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _families(names: list[str] | None, default: tuple[str, ...]) -> list[str]:
+    from nestlearn.models.presets import FAMILIES, TASK_FAMILIES
+
+    if not names:
+        return list(default)
+    out: list[str] = []
+    for name in names:
+        for part in name.split(","):
+            if part == "all":
+                out.extend(FAMILIES)
+            elif part not in TASK_FAMILIES:
+                raise ValueError(f"--family must be one of {list(TASK_FAMILIES)} or all, "
+                                 f"got {part!r}")
+            else:
+                out.append(part)
+    return list(dict.fromkeys(out))
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+def _cmd_task(args: argparse.Namespace) -> int:
+    from nestlearn.eval.runner import budget_for, file_task, run_task, summarize, with_steps
+    from nestlearn.eval.tasks import TASKS
+    from nestlearn.models.presets import FAMILIES
+
+    for name in ("steps", "batch_size", "seeds"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+    if bool(args.task) == bool(args.train_file):
+        raise ValueError("give either --task (one of the generated tasks) or --train-file")
+    if args.task and args.task not in TASKS:
+        raise ValueError(f"--task must be one of {sorted(TASKS)}, got {args.task!r}")
+    if args.train_file and not args.test_file:
+        raise ValueError("--train-file needs at least one --test-file")
+    if args.test_file and not args.train_file:
+        raise ValueError("--test-file is for a task of files: give --train-file too")
+    task = args.task or file_task(args.train_file, args.test_file)
+    name = args.task or task.name
+    budget = with_steps(budget_for(name), steps=args.steps, batch_size=args.batch_size,
+                        lr=args.lr)
+    families = _families(args.family, FAMILIES)
+    results = run_task(task, families, args.seeds, args.out, budget=budget,
+                       progress=not args.quiet, command=_command_line())
+    metric = "accuracy" if results["kind"] == "classification" else "token_accuracy"
+    for family, tests in summarize(results, "accuracy").items():
+        tokens = summarize(results, "token_accuracy")[family]
+        print(f"{family:<18}" + "  ".join(
+            f"{t} {100 * m:5.1f} ± {100 * s:4.1f}%"
+            + (f" (tokens {100 * tokens[t][0]:.1f}%)" if metric == "token_accuracy" else "")
+            for t, (m, s, _) in tests.items()))
+    print(f"wrote {Path(args.out).resolve() / 'results.json'} and results.png")
+    return 0
+
+
+def _cmd_suite(args: argparse.Namespace) -> int:
+    from nestlearn.eval.suites import run_suite
+    from nestlearn.models.presets import FAMILIES
+
+    _positive("--steps", args.steps)
+    _positive("--seeds", args.seeds)
+    out = Path(args.out or f"runs/suite_{args.suite}")
+    run_suite(args.suite, out, _families(args.family, FAMILIES), seeds=args.seeds,
+              steps=args.steps, tasks=args.tasks, progress=not args.quiet,
+              command=_command_line())
+    print((out / "table.md").read_text())
+    print(f"wrote {(out / 'table.md').resolve()}, suite.json and suite.png")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
+
+    if args.suite:
+        if args.run:
+            raise ValueError("give either a RUN to evaluate or --suite, not both")
+        return _cmd_suite(args)
+    if not args.run:
+        raise ValueError("give a RUN directory to evaluate, or --suite formal|mad|mqar")
 
     from nestlearn.data import prepare_data
     from nestlearn.train import evaluate, load_run
@@ -239,15 +331,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="validation perplexity and per-position loss of a run")
-    p.add_argument("run", help="run directory, checkpoint or model directory of a run")
+    p = sub.add_parser("eval", help="validation perplexity and per-position loss of a run, "
+                       "or a synthetic suite (--suite)")
+    p.add_argument("run", nargs="?", help="run directory, checkpoint or model directory of a run")
+    p.add_argument("--suite", choices=["formal", "mad", "mqar"],
+                   help="run a synthetic suite for every family instead (see docs/evaluation.md)")
+    p.add_argument("--family", action="append", help="with --suite: families (repeat or "
+                   "comma-separate; default: the five families)")
+    p.add_argument("--seeds", type=int, default=3, help="with --suite: seeds (default 3)")
+    p.add_argument("--steps", type=int, help="with --suite: steps per cell (default: the "
+                   "task's budget)")
+    p.add_argument("--tasks", nargs="+", help="with --suite: only these tasks of the suite")
     p.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     p.add_argument("--seq-len", type=int, help="window length (default: the run's)")
     p.add_argument("--batch-size", type=int, help="windows per batch (default: the run's)")
     p.add_argument("--max-batches", type=int, default=0, help="0 = the whole split")
-    p.add_argument("--out", help="JSON file (default: eval_<split>.json beside the weights)")
+    p.add_argument("--out", help="JSON file (default: eval_<split>.json beside the weights); "
+                   "with --suite the output directory (default runs/suite_<name>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("task", help="train and score small models on a synthetic task")
+    p.add_argument("--task", help="a generated task: parity, aa_star, abab_star, anbn, anbncn, "
+                   "shuffle2, mad_*, mqar, mqar_8/16/32")
+    p.add_argument("--train-file", help="a JSON Lines training file (instead of --task)")
+    p.add_argument("--test-file", action="append", help="a JSON Lines test file (repeatable)")
+    p.add_argument("--family", action="append", help="families or HOPE ablations (repeat or "
+                   "comma-separate; all = the five families; default all)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: the task's budget)")
+    p.add_argument("--batch-size", type=int, help="default: the task's budget")
+    p.add_argument("--lr", type=float, help="default: the task's budget")
+    p.add_argument("--out", required=True, help="output directory (a rerun resumes it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_task)
 
     p = sub.add_parser("generate", help="generate text from a prompt (streamed)")
     p.add_argument("run", help="run directory, checkpoint or model directory of a run")
