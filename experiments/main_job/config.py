@@ -45,12 +45,17 @@ class MainJob:
     """Training processes in parallel."""
     threads: int = 1
     """Threads per training process."""
-    time_limit: float = 12.0
-    """Minutes of wall clock for the probe and training before running trainings are stopped
-    (0: none)."""
+    time_limit: float = 9.0
+    """Minutes of wall clock for the probe and the language-model training before running
+    trainings are stopped (0: none). The synthetic panel runs after it."""
     calibrate: bool = True
     """With a time limit, probe each model's speed first and train every model the same number
     of steps that fits the limit (at most ``steps``); False: ``steps``, the limit stops the rest."""
+    synthetic_task: str = "aa_star"
+    """The synthetic panel's task (``nestlearn.eval.tasks.TASKS``; empty: no panel)."""
+    synthetic_steps: int = 200
+    """Optimizer steps per model of the panel."""
+    synthetic_seeds: int = 3
     prompt: str = "KING HENRY:"
     sample_tokens: int = 60
     extra: list[str] = field(default_factory=list)
@@ -67,8 +72,13 @@ class MainJob:
                 raise ValueError(f"families: {f!r} is not one of {list(FAMILIES)}")
         if not self.families:
             raise ValueError("families must name at least one model family")
+        from nestlearn.eval.tasks import TASKS
+
+        if self.synthetic_task and self.synthetic_task not in TASKS:
+            raise ValueError(f"synthetic_task must be empty or one of {sorted(TASKS)}, "
+                             f"got {self.synthetic_task!r}")
         for name in ("steps", "seq_len", "batch_size", "eval_batches", "lanes", "threads",
-                     "sample_tokens"):
+                     "sample_tokens", "synthetic_steps", "synthetic_seeds"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

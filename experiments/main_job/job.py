@@ -13,6 +13,7 @@ from experiments.main_job.config import FAMILY_NAMES, MainJob
 from experiments.main_job.lanes import train_all
 from experiments.main_job.plan import plan_steps
 from experiments.main_job.report import _metrics, _plots, _report, _sample, level_updates
+from experiments.main_job.synthetic import run_panel
 
 
 def _unigram(job: MainJob) -> tuple[float, int]:
@@ -101,6 +102,7 @@ def run_main_job(job: MainJob, *, progress: bool = True) -> Path:
             "per_position": ev["per_position"], "weights": ev["weights"],
             "sample": _sample(model, tokenizer, job.prompt, job.sample_tokens),
         }
+    results["synthetic"] = run_panel(job, progress=progress)
     results["total_s"] = time.monotonic() - t0
     plots = _plots(out, results, unigram)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -9,6 +9,7 @@ from typing import Any
 
 from experiments.main_job.config import FAMILY_NAMES, PROBE_STEPS, MainJob
 from experiments.main_job.plan import minimum_warning
+from experiments.main_job.synthetic import panel_lines, panel_summary
 
 
 def reading(models: dict[str, dict[str, Any]], unigram: float) -> str:
@@ -229,6 +230,7 @@ def _report(job: MainJob, r: dict[str, Any], levels: str | None, plots: list[str
                   "level.", "", levels, ""]
         lines += [f"Updates in this run ({steps} steps of {tok:,} tokens):", "",
                   *[f"- {u}" for u in r.get("level_updates", [])], ""]
+    lines += panel_lines(r.get("synthetic"))
     lines += ["## Samples", "",
               f"Prompt `{job.prompt}`, {job.sample_tokens} tokens, temperature 0.8, top-k 40, "
               "seed 0.", ""]
@@ -242,5 +244,6 @@ def _report(job: MainJob, r: dict[str, Any], levels: str | None, plots: list[str
               "`metrics.jsonl`.", ""]
     lines += ["", "Summary: "
               + reading(r["models"], r["unigram_val_loss"]).split(". ")[0].rstrip(".")
-              + f"; {steps} steps per model; total {r['total_s'] / 60:.1f} min.", ""]
+              + f"; {steps} steps per model{panel_summary(r.get('synthetic'))}; total "
+              f"{r['total_s'] / 60:.1f} min.", ""]
     return "\n".join(lines)

@@ -14,7 +14,8 @@ from nestlearn.eval import unigram_log_probs, unigram_loss
 def test_main_job_trains_evaluates_and_reports(tmp_path, debug_overrides):
     job = MainJob(out=str(tmp_path), recipe="debug_cpu", families=("hope", "transformer"),
                   steps=4, seq_len=32, batch_size=4, eval_batches=2, warmup_steps=1,
-                  sample_tokens=8, extra=list(debug_overrides))
+                  sample_tokens=8, extra=list(debug_overrides), synthetic_task="aa_star",
+                  synthetic_steps=2, synthetic_seeds=2)
     report = run_main_job(job, progress=False)
     text = report.read_text()
     results = json.loads((tmp_path / "results.json").read_text())
@@ -30,7 +31,19 @@ def test_main_job_trains_evaluates_and_reports(tmp_path, debug_overrides):
     assert "HOPE's levels" in text and "CMS level 1" in text
     for png in ("loss.png", "context.png"):
         assert (tmp_path / png).stat().st_size > 1000
-    # the default probe: 4 debug steps take milliseconds, so all 4 steps fit the 12 minutes
+    # the synthetic panel: both families, both seeds, both bins, mean ± std from the cells
+    panel = results["synthetic"]
+    cells = json.loads((tmp_path / "synthetic" / "aa_star" / "results.json").read_text())["cells"]
+    assert sorted((c["family"], c["seed"]) for c in cells) == [
+        ("hope", 0), ("hope", 1), ("transformer", 0), ("transformer", 1)]
+    for family in ("hope", "transformer"):
+        bin1 = [c["accuracy"]["bin1"] for c in cells if c["family"] == family]
+        mean = sum(bin1) / 2
+        assert abs(panel["values"][family]["aa_star/bin1"][0] - mean) < 1e-12
+    assert "## Synthetic panel" in text and "aa_star/bin1" in text and "2 seeds" in text
+    assert (tmp_path / "synthetic" / "aa_star" / "results.png").stat().st_size > 1000
+    assert "synthetic best: aa_star/bin0" in text
+    # the default probe: 4 debug steps take milliseconds, so all 4 steps fit the time limit
     assert results["calibration"]["outcome"] == "fits" and results["steps"] == 4
     assert "Steps: all 4 steps fit the time limit" in text
     # a second invocation reuses the finished runs (no retraining: same metrics files)
@@ -49,6 +62,10 @@ def test_main_job_rejects_bad_settings():
         MainJob(steps=0)
     with pytest.raises(ValueError, match="calibrate must be True or False"):
         MainJob(calibrate="yes")
+    with pytest.raises(ValueError, match="synthetic_task must be empty or one of"):
+        MainJob(synthetic_task="parity2")
+    with pytest.raises(ValueError, match="synthetic_seeds must be a positive int"):
+        MainJob(synthetic_seeds=0)
     assert main_job_cli(["--families", "hope,nope"]) == 2
     assert main_job_cli(["--no-calibrate", "--families", "nope"]) == 2
 
@@ -72,7 +89,7 @@ def test_unigram_baseline_matches_counting_by_hand():
 def test_a_diverging_model_is_reported_not_fatal(tmp_path, debug_overrides):
     job = MainJob(out=str(tmp_path), recipe="debug_cpu", families=("transformer",), steps=6,
                   seq_len=32, batch_size=4, eval_batches=1, warmup_steps=1, sample_tokens=4,
-                  extra=[*debug_overrides, "optim.eps=0"])  # 0/0 for unused embedding rows
+                  extra=[*debug_overrides, "optim.eps=0"], synthetic_task="")  # 0/0 for unused embedding rows
     text = run_main_job(job, progress=False).read_text()
     assert "diverged (training loss is" in text
     assert "Steps: 6 steps (not calibrated: the probe timed no model)" in text  # it diverged too
@@ -174,7 +191,7 @@ def test_probe_plans_equal_steps_and_a_rerun_reuses_the_plan(tmp_path, debug_ove
     monkeypatch.setattr(planning, "BUDGET_FRACTION", 1e-9)
     job = MainJob(out=str(tmp_path), recipe="debug_cpu", families=("hope", "transformer"),
                   steps=12, seq_len=32, batch_size=4, eval_batches=1, warmup_steps=6,
-                  sample_tokens=4, extra=list(debug_overrides))
+                  sample_tokens=4, extra=list(debug_overrides), synthetic_task="")
     text = run_main_job(job, progress=False).read_text()
     results = json.loads((tmp_path / "results.json").read_text())
     plan = results["calibration"]

@@ -28,7 +28,7 @@ from typing import Any
 from nestlearn.eval.runner import TaskBudget, budget_for, run_task, summarize, with_steps
 from nestlearn.eval.tasks import FORMAL_TASKS
 
-__all__ = ["PAPER", "SUITES", "Suite", "run_suite"]
+__all__ = ["PAPER", "SUITES", "Suite", "format_table", "reading", "run_suite", "summarize_suite"]
 
 
 @dataclass(frozen=True)
@@ -86,15 +86,17 @@ def run_suite(name: str, out: str | os.PathLike, families: Sequence[str], *, see
         budget = with_steps(budget_for(task), steps=steps)
         per_task[task] = run_task(task, families, seeds, out / task, budget=budget,
                                   progress=progress, command=command)
-    summary = _summary(name, suite, per_task, families, time.perf_counter() - start, command)
+    summary = summarize_suite(name, suite, per_task, families, time.perf_counter() - start,
+                              command)
     (out / "suite.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "table.md").write_text(format_table(summary))
     plot_suite(summary, out / "suite.png")
     return summary
 
 
-def _summary(name: str, suite: Suite, per_task: dict[str, dict], families: Sequence[str],
-             seconds: float, command: str) -> dict[str, Any]:
+def summarize_suite(name: str, suite: Suite, per_task: dict[str, dict], families: Sequence[str],
+                    seconds: float, command: str) -> dict[str, Any]:
+    """The summary of a suite from its tasks' ``results.json`` (what ``suite.json`` holds)."""
     columns, values, budgets, cost = [], {f: {} for f in families}, {}, {f: 0.0 for f in families}
     for task, results in per_task.items():
         table = summarize(results, suite.metric)

@@ -1,0 +1,86 @@
+"""The main job's synthetic panel: one task of the evaluation suite, every family, a few seeds.
+
+The panel trains the ``task`` preset of each family from scratch on one generated task with the
+task runner (:func:`nestlearn.eval.runner.run_task`, in ``<out>/synthetic/<task>``, resumable)
+and adds a table to the report: accuracy per test set (mean ± std over seeds), the reading
+computed from it by :func:`nestlearn.eval.suites.reading`, and the paper's number for the same
+cells in a separate column where the paper gives one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from experiments.main_job.config import MainJob, family_name
+
+__all__ = ["panel_lines", "panel_summary", "run_panel"]
+
+
+def run_panel(job: MainJob, *, progress: bool) -> dict[str, Any] | None:
+    """Run the panel of ``job`` (``None`` when ``job.synthetic_task`` is empty)."""
+    if not job.synthetic_task:
+        return None
+    import time
+
+    from nestlearn.eval.runner import budget_for, run_task, with_steps
+    from nestlearn.eval.suites import SUITES, Suite, summarize_suite
+
+    task = job.synthetic_task
+    budget = with_steps(budget_for(task), steps=job.synthetic_steps)
+    start = time.monotonic()
+    results = run_task(task, job.families, job.synthetic_seeds,
+                       Path(job.out) / "synthetic" / task, budget=budget, progress=progress,
+                       command="bash scripts/main.sh")
+    suite = next((s for s in SUITES.values() if task in s.tasks),
+                 Suite((task,), "accuracy", "none"))
+    summary = summarize_suite("panel", suite, {task: results}, job.families,
+                              time.monotonic() - start, "bash scripts/main.sh")
+    summary["png"] = f"synthetic/{task}/results.png"
+    return summary
+
+
+def panel_lines(summary: dict[str, Any] | None) -> list[str]:
+    """The report's section for the panel ``summary`` (from :func:`run_panel`)."""
+    if summary is None:
+        return []
+    from nestlearn.eval.suites import reading
+
+    task = summary["columns"][0].split("/")[0]
+    budget = summary["budgets"][task]
+    metric = summary["metric"].replace("_", " ")
+    paper = summary["paper"]
+    lines = ["## Synthetic panel", "",
+             f"Task `{task}` (nestlearn.eval.tasks), the `task` model preset (~135K parameters) "
+             f"trained from scratch: {budget['steps']} AdamW steps × batch "
+             f"{budget['batch_size']}, lr {budget['lr']}, {budget['train_size']} training "
+             f"instances, {budget['test_size']} per test set; {metric} (%), mean ± std over "
+             f"{summary['seeds']} seeds. Test sets named `bin1` hold longer strings than any "
+             "seen in training.", "",
+             "| model | " + " | ".join(summary["columns"]) + " | paper (NL, other scale) |",
+             "|---|" + "---:|" * len(summary["columns"]) + "---|"]
+    for family in summary["families"]:
+        cells = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s, _ in
+                 (summary["values"][family][c] for c in summary["columns"])]
+        row = paper.get(family, {})
+        quoted = ", ".join(f"{c.split('/')[1]} {row[c]:.1f}" for c in summary["columns"]
+                           if c in row) or "—"
+        lines.append(f"| {family_name(family)} | " + " | ".join(cells) + f" | {quoted} |")
+    per = ", ".join(f"{family_name(f)} {s:.0f} s" for f, s in
+                    summary["seconds_per_family"].items())
+    lines += ["", "Reading (computed from the table):", "", *reading(summary), "",
+              f"Time (train + eval, all seeds): {per}. Paper column: {summary['paper_source']}.",
+              "", f"![synthetic panel]({summary['png']})", ""]
+    return lines
+
+
+def panel_summary(summary: dict[str, Any] | None) -> str:
+    """A clause for the report's one-line summary: the best model per column of the panel."""
+    if summary is None:
+        return ""
+    best = []
+    for column in summary["columns"]:
+        family = max(summary["families"], key=lambda f: summary["values"][f][column][0])
+        value = summary["values"][family][column][0]
+        best.append(f"{column} {family_name(family)} {100 * value:.0f}%")
+    return "; synthetic best: " + ", ".join(best)
