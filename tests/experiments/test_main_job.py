@@ -89,7 +89,8 @@ def test_unigram_baseline_matches_counting_by_hand():
 def test_a_diverging_model_is_reported_not_fatal(tmp_path, debug_overrides):
     job = MainJob(out=str(tmp_path), recipe="debug_cpu", families=("transformer",), steps=6,
                   seq_len=32, batch_size=4, eval_batches=1, warmup_steps=1, sample_tokens=4,
-                  extra=[*debug_overrides, "optim.eps=0"], synthetic_task="")  # 0/0 for unused embedding rows
+                  extra=[*debug_overrides, "optim.eps=0"],  # 0/0 for unused embedding rows
+                  synthetic_task="")
     text = run_main_job(job, progress=False).read_text()
     assert "diverged (training loss is" in text
     assert "Steps: 6 steps (not calibrated: the probe timed no model)" in text  # it diverged too
