@@ -42,6 +42,11 @@ passes, so a block that needs to know about earlier padding must keep it in its 
 token's output. ``position_ids`` is ``[B, T]`` or ``None`` (blocks without positional encoding
 ignore it). The returned state is stored for the next call when caching.
 
+Training hooks (``NestlearnPreTrainedModel``): the training loop asks a model for its FSDP2
+units (``fsdp_units()``), whether its forward takes inner gradients (``takes_inner_grads``), its
+slow levels (``slow_parameter_groups()``, ``nestlearn.models.levels.SlowGroup``) and whether its
+state is bounded (``state_is_bounded``), so the loop never branches on a family.
+
 Dimension legend: B batch, T new tokens, D model width, V vocabulary.
 """
 
