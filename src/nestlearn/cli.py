@@ -178,7 +178,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("give a RUN directory to evaluate, or --suite formal|mad|mqar")
 
     from nestlearn.data import prepare_data
-    from nestlearn.train import evaluate, load_run
+    from nestlearn.eval import evaluate
+    from nestlearn.train import load_run
 
     config, model, _, weights = load_run(Path(args.run))
     seq_len = args.seq_len or config.data.seq_len

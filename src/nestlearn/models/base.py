@@ -42,6 +42,11 @@ passes, so a block that needs to know about earlier padding must keep it in its 
 token's output. ``position_ids`` is ``[B, T]`` or ``None`` (blocks without positional encoding
 ignore it). The returned state is stored for the next call when caching.
 
+Training hooks (``NestlearnPreTrainedModel``): the training loop asks a model for its FSDP2
+units (``fsdp_units()``), whether its forward takes inner gradients (``takes_inner_grads``), its
+slow levels (``slow_parameter_groups()``, ``nestlearn.models.levels.SlowGroup``) and whether its
+state is bounded (``state_is_bounded``), so the loop never branches on a family.
+
 Dimension legend: B batch, T new tokens, D model width, V vocabulary.
 """
 
@@ -52,11 +57,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from nestlearn.models.cache import OUTPUT_CACHE_FIELD, LayerStateCache, pick_cache
+from nestlearn.models.levels import SlowGroup
 
 __all__ = [
     "CausalLMMixin",
@@ -91,6 +97,31 @@ class NestlearnPreTrainedModel(PreTrainedModel):
     def _supports_default_dynamic_cache(cls) -> bool:
         # Stop generate() from building a DynamicCache: our forward builds a LayerStateCache.
         return False
+
+    # What the training loop asks a model (nestlearn.train), so that the loop never branches on
+    # a family. The defaults fit a model whose blocks are self-contained and whose state is
+    # bounded; a model overrides the ones that differ.
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """The modules FSDP2 shards one by one (``fully_shard``, then the root): every block."""
+        return list(self.base_model.layers)
+
+    @property
+    def takes_inner_grads(self) -> bool:
+        """Whether the forward itself differentiates a loss (``torch.autograd.grad`` inside it);
+        under FSDP2 the loop then reshards explicitly (``nestlearn.train.distributed``)."""
+        return False
+
+    def slow_parameter_groups(self) -> list[SlowGroup]:
+        """The levels the outer optimizer updates once per period of training tokens rather than
+        at every step, with their parameters (``nestlearn.train.levels`` schedules them)."""
+        return []
+
+    @property
+    def state_is_bounded(self) -> bool:
+        """Whether the recurrent state has a fixed size however many tokens it has read (false
+        for a global-attention KV cache); ``data.mode=stream`` carries it across windows."""
+        return True
 
 
 class DecoderModelMixin:
@@ -129,51 +160,17 @@ class DecoderModelMixin:
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)  # [B, T, D]
         T = inputs_embeds.shape[1]
-        if attention_mask is not None:
-            if attention_mask.ndim != 2 or attention_mask.shape[1] < T:
-                raise ValueError(
-                    f"attention_mask must be the 2-D [batch, tokens>={T}] 0/1 padding mask, "
-                    f"got shape "
-                    f"{tuple(attention_mask.shape)}"
-                )
-            attention_mask = attention_mask[:, -T:]  # [B, T]
-            if bool(attention_mask.all()):
-                # All new tokens are real. Block states remember earlier padding themselves, so the
-                # mask carries no information and dropping it lets blocks take unmasked fast paths.
-                attention_mask = None
-
-        cache = pick_cache(past_key_values, cache)  # `cache` from transformers 5.24
-        if cache is not None and not isinstance(cache, LayerStateCache):
-            raise TypeError(
-                f"past_key_values must be a nestlearn LayerStateCache, got {type(cache).__name__}"
-            )
-        if cache is None and use_cache:
-            cache = LayerStateCache(len(self.layers))
-        if cache is not None and len(cache) != len(self.layers):
-            raise ValueError(
-                f"past_key_values holds {len(cache)} layer states but the model has "
-                f"{len(self.layers)} layers"
-            )
+        attention_mask = _new_tokens_mask(attention_mask, T)
+        cache = self._layer_cache(pick_cache(past_key_values, cache), use_cache=use_cache)
 
         hidden = inputs_embeds
         all_hidden: tuple[Tensor, ...] = ()
         for i, block in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden += (hidden,)
-            block_kwargs = dict(state=None if cache is None else cache[i],
-                                attention_mask=attention_mask, position_ids=position_ids)
-            if getattr(block, "gradient_checkpointing", False) and self.training and (
-                torch.is_grad_enabled()
-            ):
-                # Activation checkpointing (``model.gradient_checkpointing_enable()``): keep the
-                # block's input, recompute its forward in the backward pass. Always the
-                # non-reentrant variant: a block also returns its recurrent state, whose
-                # tensors the reentrant variant would cut from the graph.
-                hidden, new_state = torch.utils.checkpoint.checkpoint(
-                    block, hidden, use_reentrant=False, **block_kwargs
-                )
-            else:
-                hidden, new_state = block(hidden, **block_kwargs)
+            hidden, new_state = self._run_block(
+                block, hidden, state=None if cache is None else cache[i],
+                attention_mask=attention_mask, position_ids=position_ids)
             if cache is not None:
                 cache[i] = new_state
         hidden = self.norm(hidden)  # [B, T, D]
@@ -188,6 +185,53 @@ class DecoderModelMixin:
             **{OUTPUT_CACHE_FIELD: cache},
         )
         return out if return_dict else out.to_tuple()
+
+    def _layer_cache(self, cache: Any, *, use_cache: bool) -> LayerStateCache | None:
+        """The cache this call reads and writes: the one passed (checked), a new one when
+        ``use_cache`` asks for it, else None. (``cache`` is the transformers 5.24 name.)"""
+        if cache is not None and not isinstance(cache, LayerStateCache):
+            raise TypeError(
+                f"past_key_values must be a nestlearn LayerStateCache, got {type(cache).__name__}"
+            )
+        if cache is None and use_cache:
+            cache = LayerStateCache(len(self.layers))
+        if cache is not None and len(cache) != len(self.layers):
+            raise ValueError(
+                f"past_key_values holds {len(cache)} layer states but the model has "
+                f"{len(self.layers)} layers"
+            )
+        return cache
+
+    def _run_block(self, block, hidden: Tensor, **block_kwargs: Any) -> tuple[Tensor, Any]:
+        if getattr(block, "gradient_checkpointing", False) and self.training and (
+            torch.is_grad_enabled()
+        ):
+            # Activation checkpointing (``model.gradient_checkpointing_enable()``): keep the
+            # block's input, recompute its forward in the backward pass. Always the
+            # non-reentrant variant: a block also returns its recurrent state, whose
+            # tensors the reentrant variant would cut from the graph.
+            return torch.utils.checkpoint.checkpoint(
+                block, hidden, use_reentrant=False, **block_kwargs
+            )
+        return block(hidden, **block_kwargs)
+
+
+def _new_tokens_mask(attention_mask: Tensor | None, T: int) -> Tensor | None:
+    """The ``[B, T]`` padding mask of the ``T`` new tokens, or None when all of them are real."""
+    if attention_mask is None:
+        return None
+    if attention_mask.ndim != 2 or attention_mask.shape[1] < T:
+        raise ValueError(
+            f"attention_mask must be the 2-D [batch, tokens>={T}] 0/1 padding mask, "
+            f"got shape "
+            f"{tuple(attention_mask.shape)}"
+        )
+    attention_mask = attention_mask[:, -T:]  # [B, T]
+    if bool(attention_mask.all()):
+        # All new tokens are real. Block states remember earlier padding themselves, so the
+        # mask carries no information and dropping it lets blocks take unmasked fast paths.
+        return None
+    return attention_mask
 
 
 class CausalLMMixin:

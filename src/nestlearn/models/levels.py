@@ -8,13 +8,29 @@ The slowest level is pre-training: the outer optimizer updating every parameter 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-__all__ = ["COLUMNS", "format_levels", "hope_levels", "titans_levels", "transformer_levels"]
+__all__ = ["COLUMNS", "SlowGroup", "format_levels", "hope_levels", "titans_levels",
+           "transformer_levels"]
 
 COLUMNS = ("name", "parameters", "period", "objective", "update", "reset")
+
+
+@dataclass
+class SlowGroup:
+    """A level that the outer optimizer updates less often than every step (NL Eq. 71 with the
+    outer optimizer as the update rule): ``model.slow_parameter_groups()`` returns one per level.
+    The training loop sums its gradients over ``period`` training tokens and applies the sum."""
+
+    name: str
+    """e.g. ``"cms level 1"``."""
+    period: int
+    """Update period in training tokens (> 0)."""
+    params: list[tuple[str, nn.Parameter]]
+    """(qualified name in the model, parameter) of every tensor of the level, all layers."""
 
 
 def _count(*tensors) -> int:

@@ -7,9 +7,13 @@
     result.losses, result.val_losses, result.model_dir
 
 Under ``torchrun --nproc-per-node N`` the same call trains with DDP (``train.parallel=fsdp`` for
-FSDP2). See ``loop.py`` for the step, ``checkpoint.py`` for the checkpoint layout.
+FSDP2). See ``loop.py`` for the step, ``checkpoint.py`` for the checkpoint layout and
+``README.md`` for the other modules. ``evaluate`` and ``EvalResult`` live in
+:mod:`nestlearn.eval.lm` and are re-exported here.
 """
 
+from nestlearn.eval.lm import EvalResult, evaluate
+from nestlearn.train.build import build_model
 from nestlearn.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from nestlearn.train.config import (
     DataConfig,
@@ -20,8 +24,8 @@ from nestlearn.train.config import (
     config_from_dict,
     config_to_dict,
 )
-from nestlearn.train.levels import SlowLevel, slow_levels
-from nestlearn.train.loop import EvalResult, TrainResult, build_model, evaluate, train
+from nestlearn.train.levels import SlowLevel, SlowSchedule, slow_levels
+from nestlearn.train.loop import TrainResult, train
 from nestlearn.train.recipes import RECIPES, get_recipe
 from nestlearn.train.runs import load_run, resolve_run
 
@@ -32,6 +36,7 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "SlowLevel",
+    "SlowSchedule",
     "TrainConfig",
     "TrainResult",
     "apply_overrides",

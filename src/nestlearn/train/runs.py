@@ -17,7 +17,7 @@ from typing import Any
 
 from nestlearn.train.checkpoint import latest_checkpoint, load_weights
 from nestlearn.train.config import TrainConfig, config_from_dict
-from nestlearn.train.loop import RUN_CONFIG
+from nestlearn.train.metrics import RUN_CONFIG
 
 __all__ = ["load_run", "resolve_run"]
 

@@ -44,8 +44,10 @@ from nestlearn.models.base import (
     causal_lm_loss,
 )
 from nestlearn.models.cache import OUTPUT_CACHE_FIELD, LayerStateCache, pick_cache
+from nestlearn.models.hope import parallelize
 from nestlearn.models.hope.configuration_hope import HopeConfig
 from nestlearn.models.initialization import init_module
+from nestlearn.models.levels import SlowGroup
 
 __all__ = ["HopeBlock", "HopeCache", "HopeForCausalLM", "HopeModel", "HopePreTrainedModel"]
 
@@ -122,6 +124,38 @@ class HopePreTrainedModel(NestlearnPreTrainedModel):
         from nestlearn.models.levels import hope_levels
 
         return hope_levels(self)
+
+    def slow_parameter_groups(self) -> list[SlowGroup]:
+        """One group per slow CMS level (``cms_periods[l] > 0`` with ``cms_inner_lrs[l] == 0``):
+        the level's MLP weights and norm gain in every layer, updated by the outer optimizer
+        once every ``cms_periods[l]`` training tokens (NL Eq. 71)."""
+        names = {id(p): n for n, p in self.named_parameters()}
+        groups = []
+        for level, (period, lr) in enumerate(zip(self.config.cms_periods,
+                                                 self.config.cms_inner_lrs, strict=True)):
+            if period <= 0 or lr > 0:
+                continue
+            params = []
+            for block in self.base_model.layers:
+                cms_level = block.cms.levels[level]
+                for p in (*cms_level.weights(), *cms_level.norm.parameters()):
+                    params.append((names[id(p)], p))
+            groups.append(SlowGroup(name=f"cms level {level}", period=period, params=params))
+        return groups
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """Every block, or only its mixer when it has in-context CMS levels (``parallelize``)."""
+        return parallelize.fsdp_units(self)
+
+    @property
+    def takes_inner_grads(self) -> bool:
+        """True with in-context CMS levels (``parallelize.takes_inner_grads``)."""
+        return parallelize.takes_inner_grads(self)
+
+    @property
+    def state_is_bounded(self) -> bool:
+        """HOPE's memories have fixed sizes; HOPE-Attention's KV cache only with a window."""
+        return self.config.variant == "hope" or self.config.sliding_window is not None
 
 
 class HopeModel(DecoderModelMixin, HopePreTrainedModel):

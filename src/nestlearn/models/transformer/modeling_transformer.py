@@ -121,6 +121,11 @@ class TransformerPreTrainedModel(NestlearnPreTrainedModel):
 
         return transformer_levels(self)
 
+    @property
+    def state_is_bounded(self) -> bool:
+        """The KV cache has a fixed size only with a sliding window."""
+        return self.config.sliding_window is not None
+
 
 def _is_residual_projection(model: nn.Module, linear: nn.Linear) -> bool:
     """Whether ``linear`` is a block's output projection into the residual stream."""
