@@ -302,6 +302,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_task_parser(sub) -> None:
+    p = sub.add_parser("task", help="train and score small models on a synthetic task")
+    p.add_argument("--task", help="a generated task: parity, aa_star, abab_star, anbn, anbncn, "
+                   "shuffle2, mad_*, mqar, mqar_8/16/32")
+    p.add_argument("--train-file", help="a JSON Lines training file (instead of --task)")
+    p.add_argument("--test-file", action="append", help="a JSON Lines test file (repeatable)")
+    p.add_argument("--family", action="append", help="families or HOPE ablations (repeat or "
+                   "comma-separate; all = the five families; default all)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: the task's budget)")
+    p.add_argument("--batch-size", type=int, help="default: the task's budget")
+    p.add_argument("--lr", type=float, help="default: the task's budget")
+    p.add_argument("--out", required=True, help="output directory (a rerun resumes it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_task)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from nestlearn.train import ModelConfig
 
@@ -352,20 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("task", help="train and score small models on a synthetic task")
-    p.add_argument("--task", help="a generated task: parity, aa_star, abab_star, anbn, anbncn, "
-                   "shuffle2, mad_*, mqar, mqar_8/16/32")
-    p.add_argument("--train-file", help="a JSON Lines training file (instead of --task)")
-    p.add_argument("--test-file", action="append", help="a JSON Lines test file (repeatable)")
-    p.add_argument("--family", action="append", help="families or HOPE ablations (repeat or "
-                   "comma-separate; all = the five families; default all)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    p.add_argument("--steps", type=int, help="optimizer steps (default: the task's budget)")
-    p.add_argument("--batch-size", type=int, help="default: the task's budget")
-    p.add_argument("--lr", type=float, help="default: the task's budget")
-    p.add_argument("--out", required=True, help="output directory (a rerun resumes it)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_task)
+    _add_task_parser(sub)
 
     p = sub.add_parser("generate", help="generate text from a prompt (streamed)")
     p.add_argument("run", help="run directory, checkpoint or model directory of a run")

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from nestlearn.eval.tasks import FORMAL_TASKS, MAD_TASKS, MQAR_TASKS, TASKS, CharVocab, read_jsonl
 from nestlearn.eval.tasks.encoding import EncodedSet, encode, score_logits, task_kind
 from nestlearn.models.presets import TASK_FAMILIES, preset_config, preset_model_class
-from nestlearn.train.levels import slow_levels
+from nestlearn.train.levels import SlowSchedule
 
 __all__ = ["BUDGETS", "TaskBudget", "TaskData", "budget_for", "file_task", "generated_task",
            "run_task", "split_seed", "train_cell"]
@@ -187,25 +187,6 @@ def _batches(n: int, batch_size: int, seed: int):
         order = order[batch_size:]
 
 
-class _SlowGradients:
-    """The outer loop's slow-level rule (NL Eq. 71): a slow level's gradients are summed and
-    applied only every ``level.every`` steps (see :mod:`nestlearn.train.levels`)."""
-
-    def __init__(self, model: torch.nn.Module, tokens_per_step: int):
-        self.levels = slow_levels(model, tokens_per_step=tokens_per_step)
-        self.sums = {n: torch.zeros_like(p) for lv in self.levels for n, p in lv.params}
-
-    def __call__(self, step: int) -> None:
-        for level in self.levels:
-            apply = step % level.every == 0
-            for n, p in level.params:
-                if p.grad is not None:
-                    self.sums[n] += p.grad
-                p.grad = None
-                if apply:
-                    p.grad, self.sums[n] = self.sums[n], torch.zeros_like(self.sums[n])
-
-
 @torch.no_grad()
 def score(model: torch.nn.Module, data: EncodedSet, vocab: CharVocab, *,
           batch_size: int = 256) -> dict[str, float]:
@@ -251,7 +232,7 @@ def train_cell(family: str, data: TaskData, budget: TaskBudget, seed: int, *,
                                   lr=budget.lr, betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(budget))
     row_tokens = data.train.tokens / len(data.train)
-    slow = _SlowGradients(model, tokens_per_step=max(1, round(row_tokens * budget.batch_size)))
+    slow = SlowSchedule(model, tokens_per_step=max(1, round(row_tokens * budget.batch_size)))
     batches = _batches(len(data.train), budget.batch_size, split_seed(seed, "order"))
     curve, tokens, start = [], 0, time.perf_counter()
     every = max(1, budget.steps // 100)
@@ -265,7 +246,7 @@ def train_cell(family: str, data: TaskData, budget: TaskBudget, seed: int, *,
                                      f"at step {step + 1} (seed {seed}); lower the lr")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        slow(step + 1)
+        slow.step(step + 1)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
