@@ -117,6 +117,14 @@ def _positive(name: str, value: int | None) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value}")
 
 
+def _set_threads(threads: int | None) -> None:
+    _positive("--threads", threads)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _cmd_task(args: argparse.Namespace) -> int:
     from nestlearn.eval.runner import budget_for, file_task, run_task, summarize, with_steps
     from nestlearn.eval.tasks import TASKS
@@ -124,6 +132,7 @@ def _cmd_task(args: argparse.Namespace) -> int:
 
     for name in ("steps", "batch_size", "seeds"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
+    _set_threads(args.threads)
     if args.lr is not None and not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
     if bool(args.task) == bool(args.train_file):
@@ -158,6 +167,7 @@ def _cmd_suite(args: argparse.Namespace) -> int:
 
     _positive("--steps", args.steps)
     _positive("--seeds", args.seeds)
+    _set_threads(args.threads)
     out = Path(args.out or f"runs/suite_{args.suite}")
     run_suite(args.suite, out, _families(args.family, FAMILIES), seeds=args.seeds,
               steps=args.steps, tasks=args.tasks, progress=not args.quiet,
@@ -315,6 +325,7 @@ def _add_task_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, help="default: the task's budget")
     p.add_argument("--lr", type=float, help="default: the task's budget")
     p.add_argument("--out", required=True, help="output directory (a rerun resumes it)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_task)
 
@@ -360,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="with --suite: steps per cell (default: the "
                    "task's budget)")
     p.add_argument("--tasks", nargs="+", help="with --suite: only these tasks of the suite")
+    p.add_argument("--threads", type=int, help="with --suite: torch threads (one process per "
+                   "core, each with its own --family, share an --out and run in parallel)")
     p.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     p.add_argument("--seq-len", type=int, help="window length (default: the run's)")
     p.add_argument("--batch-size", type=int, help="windows per batch (default: the run's)")

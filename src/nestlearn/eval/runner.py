@@ -23,8 +23,9 @@ What a cell does (all of it seeded by the run seed, so a cell is reproducible):
   answer) and ``token_accuracy`` (the fraction of answer tokens right: the MAD and MQAR papers'
   metric; equal to ``accuracy`` for classification).
 
-Resuming: ``results.json`` is rewritten atomically after every cell, and a rerun with the same
-``out`` skips the cells it holds. The unit of resumption is a cell (at the default budgets a cell
+Resuming: every finished cell is written atomically to ``out/cells/``, and a rerun with the same
+``out`` skips the cells there (several processes may share ``out`` for different families or
+seeds). The unit of resumption is a cell (at the default budgets a cell
 is seconds to a few minutes), not a step: an interrupted cell is trained again from its start,
 which gives the same result since everything in it is seeded. A rerun with a different task or
 budget is refused rather than mixed into the same table.
@@ -204,15 +205,19 @@ def score(model: torch.nn.Module, data: EncodedSet, vocab: CharVocab, *,
     return {"accuracy": correct / len(data), "token_accuracy": tokens_correct / tokens}
 
 
-def build_model(family: str, vocab_size: int, seed: int,
-                overrides: dict[str, Any] | None = None) -> torch.nn.Module:
+def model_config(family: str, vocab_size: int, overrides: dict[str, Any] | None = None):
     """The ``task`` preset of ``family`` with a vocabulary of ``vocab_size`` and the config
-    fields ``overrides`` (those the family's config has; others are ignored), seeded."""
+    fields ``overrides`` (those the family's config has; others are ignored)."""
     config = preset_config(family, "task", vocab_size=vocab_size)
     fields = config.to_dict()
     known = {k: v for k, v in (overrides or {}).items() if k in fields}
-    if known:
-        config = preset_config(family, "task", vocab_size=vocab_size, **known)
+    return preset_config(family, "task", vocab_size=vocab_size, **known) if known else config
+
+
+def build_model(family: str, vocab_size: int, seed: int,
+                overrides: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The model of :func:`model_config`, initialised from run ``seed``."""
+    config = model_config(family, vocab_size, overrides)
     torch.manual_seed(split_seed(seed, "init"))
     return preset_model_class(family)(config)
 
@@ -281,20 +286,48 @@ def _header(data: TaskData, budget: TaskBudget) -> dict[str, Any]:
             "test_instances": {name: len(t) for name, t in data.tests.items()}}
 
 
-def _load_previous(path: Path, header: dict[str, Any]) -> list[dict[str, Any]]:
+def _check_header(path: Path, header: dict[str, Any]) -> None:
+    """Write ``header`` to ``path`` or, if a run wrote one there, check it is the same run."""
     if not path.is_file():
-        return []
+        _write_json(path, header)
+        return
     try:
         saved = json.loads(path.read_text())
-        cells = saved["cells"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"{path} is not a task runner's results file; use a new --out") from None
+    except json.JSONDecodeError:
+        raise ValueError(f"{path} is not a task runner's file; use a new --out") from None
     differs = [k for k in ("task", "kind", "budget", "vocab_size", "overrides")
                if saved.get(k) != header[k]]
     if differs:
-        raise ValueError(f"{path} holds results of a different run ({', '.join(differs)} "
+        raise ValueError(f"{path.parent} holds results of a different run ({', '.join(differs)} "
                          f"differ); use a new --out or the same task and budget")
-    return cells
+
+
+def _config_json(config) -> dict[str, Any]:
+    """The config as it reads back from JSON, without the library version stamp."""
+    fields = json.loads(json.dumps(config.to_dict()))
+    fields.pop("transformers_version", None)
+    return fields
+
+
+def _cell_path(out: Path, family: str, seed: int) -> Path:
+    return out / "cells" / f"{family}-seed{seed}.json"
+
+
+def _cells(out: Path, order: Sequence[str]) -> list[dict[str, Any]]:
+    """Every finished cell under ``out/cells``, families in ``order`` first, then by seed."""
+    cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+    rank = {f: i for i, f in enumerate(order)}
+    return sorted(cells, key=lambda c: (rank.get(c["family"], len(rank)), c["family"], c["seed"]))
+
+
+def _finished(out: Path, family: str, seed: int, config: dict[str, Any]) -> bool:
+    path = _cell_path(out, family, seed)
+    if not path.is_file():
+        return False
+    saved = json.loads(path.read_text()).get("config")
+    if saved != config:
+        raise ValueError(f"{path} was trained with another {family} config; use a new --out")
+    return True
 
 
 def run_task(task: str | TaskData, families: Sequence[str], seeds: int | Sequence[int],
@@ -305,8 +338,13 @@ def run_task(task: str | TaskData, families: Sequence[str], seeds: int | Sequenc
     :class:`TaskData` from :func:`file_task`); write and return ``out/results.json``.
 
     ``seeds``: a count (seeds ``0..N-1``) or the seeds themselves; ``overrides``: model config
-    fields applied to every family that has them. Cells already in
-    ``out/results.json`` are skipped (see the module docstring)."""
+    fields applied to every family that has them.
+
+    Each finished cell is a file ``out/cells/<family>-seed<s>.json`` (written atomically, with
+    the model config it was trained with), and ``results.json`` is rebuilt from all of them
+    after every cell. So a rerun skips finished cells, and several processes may share ``out``
+    when they run different families or seeds (each process's last rewrite holds every cell
+    finished by then)."""
     from nestlearn.eval.plots import plot_task
 
     families = list(families)
@@ -320,7 +358,7 @@ def run_task(task: str | TaskData, families: Sequence[str], seeds: int | Sequenc
     name = task if isinstance(task, str) else task.name
     budget = budget or budget_for(name)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
     datasets: dict[int, TaskData] = {}
 
     def data_of(seed: int) -> TaskData:
@@ -331,21 +369,28 @@ def run_task(task: str | TaskData, families: Sequence[str], seeds: int | Sequenc
             datasets[seed] = generated_task(task, seed, budget)
         return datasets[seed]
 
-    header = {**_header(data_of(seeds[0]), budget), "overrides": dict(overrides or {})}
-    path = out / "results.json"
-    cells = _load_previous(path, header)
-    done = {(c["family"], c["seed"]) for c in cells}
-    todo = [(f, s) for s in seeds for f in families if (f, s) not in done]
+    first = data_of(seeds[0])
+    header = {**_header(first, budget), "overrides": dict(overrides or {})}
+    _check_header(out / "task.json", header)
+    configs = {f: _config_json(model_config(f, len(first.vocab), overrides)) for f in families}
+    todo = [(f, s) for s in seeds for f in families if not _finished(out, f, s, configs[f])]
     from tqdm.auto import tqdm
 
     for family, seed in tqdm(todo, desc=f"{name} cells", unit="cell", disable=not progress):
-        cells.append(train_cell(family, data_of(seed), budget, seed, overrides=overrides,
-                                progress=progress))
-        _write_json(path, {**header, "command": command, "cells": cells})
-    results = {**header, "command": command, "cells": cells}
-    _write_json(path, results)
+        cell = train_cell(family, data_of(seed), budget, seed, overrides=overrides,
+                          progress=progress)
+        _write_json(_cell_path(out, family, seed), {**cell, "config": configs[family]})
+        _write_json(out / "results.json", _results(out, header, command, families))
+    results = _results(out, header, command, families)
+    _write_json(out / "results.json", results)
     plot_task(results, out / "results.png")
     return results
+
+
+def _results(out: Path, header: dict[str, Any], command: str,
+             families: Sequence[str]) -> dict[str, Any]:
+    cells = [{k: v for k, v in c.items() if k != "config"} for c in _cells(out, families)]
+    return {**header, "command": command, "cells": cells}
 
 
 def summarize(results: dict[str, Any], metric: str = "accuracy") -> dict[str, dict[str, Any]]:
