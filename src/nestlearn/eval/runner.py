@@ -274,7 +274,7 @@ def train_cell(family: str, data: TaskData, budget: TaskBudget, seed: int, *,
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes may share a directory
     tmp.write_text(json.dumps(payload, indent=1) + "\n")
     os.replace(tmp, path)
 
