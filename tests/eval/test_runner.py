@@ -101,7 +101,7 @@ def test_teacher_forced_exact_match_equals_greedy_decoding(family):
         misses = [i for i, t in enumerate(scored.tolist()) if not hits[r, t]]
         assert (misses[0] if misses else None) == expected, (r, examples[r])
     # Right padding: each row's scored logits are those of the row run alone.
-    for r in range(0, len(examples), 7):
+    for r in range(0, len(examples), len(examples) // 4):
         n = int((batch.inputs[r] != vocab.pad_id).sum())
         with torch.no_grad():
             alone = model(input_ids=batch.inputs[r:r + 1, :n]).logits[0]
