@@ -19,11 +19,12 @@ In-context CMS levels (``cms_inner_lrs > 0``) are an option, not a preset defaul
 the next-token loss while reading, at the cost of a backward pass per chunk.
 
 HOPE ablations (NL Table 6) that the config supports are presets too (``ABLATIONS``): HOPE's preset
-with one change, at the same parameter count (``hope_no_cms`` is one CMS level of twice the width,
-updated every step, in place of the fast and the slow level). Table 6's "w/o inner-projection k/v"
-have no config switch and are not offered; its "w/o inner-projection q" is our default HOPE
-(``smt_q_projection="static"``, decision D5), so the ablation offered is the other way round,
-``hope_adaptive_q``.
+with one change and nothing resized (``hope_no_cms`` is one CMS level of twice the width, updated
+every step, in place of the fast and the slow level: within 0.1% of HOPE's count; ``hope_no_decay``
+drops the retention parameters, 3% fewer at ``task``, ``hope_no_momentum`` 0.4% fewer).
+Table 6's "w/o inner-projection k/v" have no config switch and are not offered; its
+"w/o inner-projection q" is our default HOPE (``smt_q_projection="static"``, decision D5), so the
+ablation offered is the other way round, ``hope_adaptive_q``.
 
 ``python -m nestlearn.models.presets`` prints the parameter counts (built on the meta device).
 """

@@ -15,7 +15,7 @@ Exact match of greedy decoding is computed without decoding: greedy decoding emi
 ``answer <eos>`` if and only if, fed the true prefix, the argmax at every scored position is
 its target (by induction over the answer: each step's prefix is then the true one). So one
 teacher-forced forward pass scores a whole batch; ``tests/eval/test_runner.py`` checks this
-against token-by-token greedy decoding with the model's cache.
+against token-by-token greedy decoding (a forward pass of the growing prefix per token).
 
 Right padding is safe for every family here: all of them are causal (attention masks the
 future, the memories read only earlier tokens), so the padding after a row's last token never
