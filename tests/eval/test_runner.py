@@ -212,9 +212,36 @@ def test_a_different_run_in_the_same_out_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"different run \(task, vocab_size differ\)"):
         run_task("parity", ["transformer"], 1, tmp_path, budget=TINY, progress=False)
     assert (tmp_path / "results.json").read_text() == before
-    (tmp_path / "results.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match="not a task runner's results file"):
+    (tmp_path / "task.json").write_text("[1, 2")
+    with pytest.raises(ValueError, match="not a task runner's file"):
         run_task("aa_star", ["transformer"], 1, tmp_path, budget=TINY, progress=False)
+
+
+def test_a_cell_of_another_model_config_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "train_cell", _fake_cell([]))
+    run_task("aa_star", ["hope"], 1, tmp_path, budget=TINY, progress=False)
+    # as if the preset had changed since the cell was trained
+    path = tmp_path / "cells" / "hope-seed0.json"
+    cell = json.loads(path.read_text())
+    cell["config"]["smt_chunk_size"] = 16
+    path.write_text(json.dumps(cell))
+    with pytest.raises(ValueError, match="trained with another hope config"):
+        run_task("aa_star", ["hope"], 1, tmp_path, budget=TINY, progress=False)
+
+
+def test_processes_sharing_an_out_see_each_others_cells(tmp_path, monkeypatch):
+    """Two runs with different families in one directory (as two processes would run them):
+    each one's results.json holds every cell finished so far, each cell is its own file."""
+    calls = []
+    monkeypatch.setattr(runner, "train_cell", _fake_cell(calls))
+    run_task("aa_star", ["titans"], 2, tmp_path, budget=TINY, progress=False)
+    results = run_task("aa_star", ["transformer"], 2, tmp_path, budget=TINY, progress=False)
+    assert sorted(p.name for p in (tmp_path / "cells").iterdir()) == [
+        "titans-seed0.json", "titans-seed1.json", "transformer-seed0.json",
+        "transformer-seed1.json"]
+    assert [(c["family"], c["seed"]) for c in results["cells"]] == [
+        ("transformer", 0), ("transformer", 1), ("titans", 0), ("titans", 1)]
+    assert sorted(calls) == [("titans", 0), ("titans", 1), ("transformer", 0), ("transformer", 1)]
 
 
 @pytest.mark.parametrize("families, seeds, match", [
