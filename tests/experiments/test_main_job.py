@@ -11,7 +11,11 @@ from experiments.main_job.report import binned, level_updates
 from nestlearn.eval import unigram_log_probs, unigram_loss
 
 
-def test_main_job_trains_evaluates_and_reports(tmp_path, debug_overrides):
+def test_main_job_trains_evaluates_and_reports(tmp_path, debug_overrides, monkeypatch):
+    from nestlearn.eval import runner
+
+    small = runner.TaskBudget(steps=2, batch_size=8, lr=3e-3, train_size=64, test_size=32)
+    monkeypatch.setattr(runner, "budget_for", lambda task: small)  # the panel's data: small
     job = MainJob(out=str(tmp_path), recipe="debug_cpu", families=("hope", "transformer"),
                   steps=4, seq_len=32, batch_size=4, eval_batches=2, warmup_steps=1,
                   sample_tokens=8, extra=list(debug_overrides), synthetic_task="aa_star",
