@@ -45,15 +45,15 @@ class MainJob:
     """Training processes in parallel."""
     threads: int = 1
     """Threads per training process."""
-    time_limit: float = 9.0
+    time_limit: float = 8.5
     """Minutes of wall clock for the probe and the language-model training before running
     trainings are stopped (0: none). The synthetic panel runs after it."""
     calibrate: bool = True
     """With a time limit, probe each model's speed first and train every model the same number
     of steps that fits the limit (at most ``steps``); False: ``steps``, the limit stops the rest."""
-    synthetic_task: str = "aa_star"
+    synthetic_task: str = "abab_star"
     """The synthetic panel's task (``nestlearn.eval.tasks.TASKS``; empty: no panel)."""
-    synthetic_steps: int = 200
+    synthetic_steps: int = 250
     """Optimizer steps per model of the panel."""
     synthetic_seeds: int = 3
     prompt: str = "KING HENRY:"

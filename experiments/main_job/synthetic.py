@@ -1,7 +1,8 @@
 """The main job's synthetic panel: one task of the evaluation suite, every family, a few seeds.
 
 The panel trains the ``task`` preset of each family from scratch on one generated task with the
-task runner (:func:`nestlearn.eval.runner.run_task`, in ``<out>/synthetic/<task>``, resumable)
+task runner (``nestlearn task`` processes in parallel lanes sharing ``<out>/synthetic/<task>``;
+finished cells are reused by a rerun)
 and adds a table to the report: accuracy per test set (mean ± std over seeds), the reading
 computed from it by :func:`nestlearn.eval.suites.reading`, and the paper's number for the same
 cells in a separate column where the paper gives one.
@@ -14,24 +15,59 @@ from typing import Any
 
 from experiments.main_job.config import MainJob, family_name
 
-__all__ = ["panel_lines", "panel_summary", "run_panel"]
+__all__ = ["panel_lanes", "panel_lines", "panel_summary", "run_panel"]
+
+
+def panel_lanes(families: tuple[str, ...], lanes: int) -> list[list[str]]:
+    """Families per process: HOPE (the slowest per step) alone in the first lane, the others
+    in the remaining lanes in turn (one lane: all of them)."""
+    slow = [f for f in families if f == "hope"]
+    rest = [f for f in families if f != "hope"]
+    if lanes < 2 or not slow or not rest:
+        return [list(families)]
+    groups: list[list[str]] = [slow] + [[] for _ in range(lanes - 1)]
+    for i, family in enumerate(rest):
+        groups[1 + i % (lanes - 1)].append(family)
+    return [g for g in groups if g]
 
 
 def run_panel(job: MainJob, *, progress: bool) -> dict[str, Any] | None:
-    """Run the panel of ``job`` (``None`` when ``job.synthetic_task`` is empty)."""
+    """Run the panel of ``job`` (``None`` when ``job.synthetic_task`` is empty): one
+    ``nestlearn task`` process per lane (:func:`panel_lanes`, ``job.threads`` threads each),
+    sharing one output directory, then the table from their cells."""
     if not job.synthetic_task:
         return None
+    import os
+    import subprocess
+    import sys
     import time
 
     from nestlearn.eval.runner import budget_for, run_task, with_steps
     from nestlearn.eval.suites import SUITES, Suite, summarize_suite
 
     task = job.synthetic_task
+    out = Path(job.out) / "synthetic" / task
+    out.mkdir(parents=True, exist_ok=True)
     budget = with_steps(budget_for(task), steps=job.synthetic_steps)
     start = time.monotonic()
-    results = run_task(task, job.families, job.synthetic_seeds,
-                       Path(job.out) / "synthetic" / task, budget=budget, progress=progress,
-                       command="bash scripts/main.sh")
+    print(f"[main] synthetic panel: {task}, {', '.join(job.families)}, "
+          f"{job.synthetic_seeds} seeds x {budget.steps} steps; log {out / 'panel.log'}",
+          flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(job.threads)}
+    with open(out / "panel.log", "a") as log:
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "nestlearn", "task", "--task", task, "--family", ",".join(g),
+             "--seeds", str(job.synthetic_seeds), "--steps", str(budget.steps), "--threads",
+             str(job.threads), "--out", str(out), "--quiet"],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+            for g in panel_lanes(job.families, job.lanes)]
+        codes = [proc.wait() for proc in procs]
+    if any(codes):
+        raise RuntimeError(f"the synthetic panel failed (exit codes {codes}); see "
+                           f"{out / 'panel.log'}")
+    # every cell is on disk now: this only assembles results.json and draws results.png
+    results = run_task(task, job.families, job.synthetic_seeds, out, budget=budget,
+                       progress=False, command="bash scripts/main.sh")
     suite = next((s for s in SUITES.values() if task in s.tasks),
                  Suite((task,), "accuracy", "none"))
     summary = summarize_suite("panel", suite, {task: results}, job.families,

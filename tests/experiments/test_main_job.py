@@ -8,14 +8,11 @@ from experiments.main_job import MainJob, calibrated_steps, predicted_makespan, 
 from experiments.main_job import plan as planning
 from experiments.main_job.__main__ import main as main_job_cli
 from experiments.main_job.report import binned, level_updates
+from experiments.main_job.synthetic import panel_lanes
 from nestlearn.eval import unigram_log_probs, unigram_loss
 
 
-def test_main_job_trains_evaluates_and_reports(tmp_path, debug_overrides, monkeypatch):
-    from nestlearn.eval import runner
-
-    small = runner.TaskBudget(steps=2, batch_size=8, lr=3e-3, train_size=64, test_size=32)
-    monkeypatch.setattr(runner, "budget_for", lambda task: small)  # the panel's data: small
+def test_main_job_trains_evaluates_and_reports(tmp_path, debug_overrides):
     job = MainJob(out=str(tmp_path), recipe="debug_cpu", families=("hope", "transformer"),
                   steps=4, seq_len=32, batch_size=4, eval_batches=2, warmup_steps=1,
                   sample_tokens=8, extra=list(debug_overrides), synthetic_task="aa_star",
@@ -254,3 +251,12 @@ def test_context_curve_is_averaged_over_log_spaced_bins():
     assert max(widths) < 1.6
     # every position is counted once: the bin means weighted by their sizes give the overall mean
     assert abs(ys[-1] - curve[-1]) < 40 and min(ys) == 1.0
+
+
+def test_panel_lanes_put_hope_alone():
+    assert panel_lanes(("hope", "transformer", "titans"), 2) == [
+        ["hope"], ["transformer", "titans"]]
+    assert panel_lanes(("transformer", "hope", "titans"), 3) == [["hope"], ["transformer"],
+                                                                 ["titans"]]
+    assert panel_lanes(("hope", "transformer"), 1) == [["hope", "transformer"]]
+    assert panel_lanes(("transformer", "titans"), 2) == [["transformer", "titans"]]
