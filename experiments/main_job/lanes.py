@@ -34,12 +34,15 @@ class Lane(threading.Thread):
         super().__init__(daemon=True)
         self.job, self.families, self.deadline, self.steps = job, families, deadline, steps
         self.current: subprocess.Popen | None = None
+        self.stoppable = False
+        """True while the child is a training (the time limit stops trainings, which save a
+        checkpoint; an evaluation is never stopped: it would leave a trained model unscored)."""
         self.status: dict[str, str] = {}
         self.elapsed: dict[str, float] = {}
         self.error: str | None = None
         self._lock = threading.Lock()
 
-    def _run(self, cmd: list[str], log: Path) -> int:
+    def _run(self, cmd: list[str], log: Path, *, stoppable: bool = False) -> int:
         env = {**os.environ, "OMP_NUM_THREADS": str(self.job.threads),
                "MKL_NUM_THREADS": str(self.job.threads)}
         with open(log, "a") as f:
@@ -47,9 +50,10 @@ class Lane(threading.Thread):
             f.flush()
             with self._lock:
                 self.current = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+                self.stoppable = stoppable
             code = self.current.wait()
             with self._lock:
-                self.current = None
+                self.current, self.stoppable = None, False
         return code
 
     def _train_cmd(self, family: str, sets: list[str]) -> list[str]:
@@ -59,7 +63,7 @@ class Lane(threading.Thread):
     def stop(self) -> None:
         """SIGTERM the running child: a training saves a checkpoint at the end of its step."""
         with self._lock:
-            if self.current is not None and self.current.poll() is None:
+            if self.current is not None and self.stoppable and self.current.poll() is None:
                 self.current.send_signal(signal.SIGTERM)
 
     def run(self) -> None:
@@ -79,7 +83,8 @@ class Lane(threading.Thread):
             return
         start = time.monotonic()
         self.status[family] = "training"
-        code = self._run(self._train_cmd(family, self.job.overrides(family, self.steps)), log)
+        code = self._run(self._train_cmd(family, self.job.overrides(family, self.steps)), log,
+                         stoppable=True)
         self.elapsed[family] = time.monotonic() - start
         diverged = diverged_message(log)
         if code not in (0, 130) and diverged is None:
@@ -124,7 +129,8 @@ class ProbeLane(Lane):
                 f"train.eval_every={PROBE_STEPS - 1}",
                 f"train.checkpoint_every={PROBE_STEPS - 1}"]
         start = time.monotonic()
-        self.exit_codes[family] = self._run(self._train_cmd(family, sets), run_dir / "train.log")
+        self.exit_codes[family] = self._run(self._train_cmd(family, sets), run_dir / "train.log",
+                                            stoppable=True)
         self.wall_s[family] = time.monotonic() - start
         for weights in ("checkpoints", "model"):
             shutil.rmtree(run_dir / weights, ignore_errors=True)

@@ -260,3 +260,25 @@ def test_panel_lanes_put_hope_alone():
                                                                  ["titans"]]
     assert panel_lanes(("hope", "transformer"), 1) == [["hope", "transformer"]]
     assert panel_lanes(("transformer", "titans"), 2) == [["transformer", "titans"]]
+
+
+def test_the_time_limit_stops_trainings_not_evaluations(tmp_path):
+    """An evaluation running when the limit passes is left to finish (stopping it left a trained
+    model unscored and failed the job); a training is signalled (it saves a checkpoint)."""
+    import subprocess
+    import sys
+
+    from experiments.main_job.lanes import Lane
+
+    lane = Lane(MainJob(out=str(tmp_path)), ["transformer"], None, 1)
+    for stoppable, stopped in ((False, False), (True, True)):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        lane.current, lane.stoppable = child, stoppable
+        lane.stop()
+        try:
+            child.wait(timeout=5 if stopped else 0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        assert (child.poll() is not None) == stopped
+        child.kill()
+        child.wait()
