@@ -102,6 +102,9 @@ def test_reading_follows_the_numbers():
     summary["values"]["titans"]["t/x"] = (0.98, 0.001, 3)
     assert reading(summary)[0] == ("- t/x: best hope (99.5%), ahead by more than the spread "
                                    "(runner-up titans, 98.0%).")
+    summary["values"]["titans"]["t/x"] = (0.98, 0.0, 1)  # one seed of titans: no spread
+    assert reading(summary)[0] == ("- t/x: best hope (99.5%), one seed: no spread to judge the "
+                                   "lead by (runner-up titans, 98.0%).")
     summary["families"] = ["transformer"]
     assert reading(summary) == []  # one family: nothing to compare
 

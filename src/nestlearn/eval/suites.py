@@ -126,9 +126,11 @@ def reading(summary: dict[str, Any]) -> list[str]:
             continue
         second, second_v = ranked[1], summary["values"][ranked[1]][column]
         margin = best_v[0] - second_v[0]
-        clear = margin > best_v[1] + second_v[1]
+        one_seed = min(best_v[2], second_v[2]) < 2
+        clear = margin > best_v[1] + second_v[1] and not one_seed
         leads += best.startswith("hope") and clear
-        verdict = ("ahead by more than the spread" if clear else
+        verdict = ("one seed: no spread to judge the lead by" if one_seed else
+                   "ahead by more than the spread" if clear else
                    f"within the spread of {second}")
         lines.append(f"- {column}: best {best} ({100 * best_v[0]:.1f}%), {verdict} "
                      f"(runner-up {second}, {100 * second_v[0]:.1f}%).")
