@@ -34,7 +34,13 @@ import torch
 from torch import Tensor
 
 from nestlearn.eval.lm import evaluate, token_losses
-from nestlearn.train.build import Run, build_run, check_model_overrides, prepare_run_data
+from nestlearn.train.build import (
+    Run,
+    build_run,
+    check_model_overrides,
+    check_splits,
+    prepare_run_data,
+)
 from nestlearn.train.checkpoint import quiet_save
 from nestlearn.train.config import TrainConfig
 from nestlearn.train.distributed import Dist, model_state, setup_distributed, teardown_distributed
@@ -96,7 +102,9 @@ def _train(config: TrainConfig, d: Dist, *, resume, progress, interrupt_after) -
     checkpoint = find_checkpoint(config, resume)
     _check_batch_split(config, d)
     check_model_overrides(config)  # once, and before the (slow) data preparation
-    run = build_run(config, d, prepare_run_data(config, d, progress=progress))
+    data = prepare_run_data(config, d, progress=progress)
+    check_splits(config, data)  # before the first step, not at the final evaluation
+    run = build_run(config, d, data)
     if checkpoint is not None:
         restore(run, checkpoint)
     resumed_from = run.step
@@ -106,7 +114,15 @@ def _train(config: TrainConfig, d: Dist, *, resume, progress, interrupt_after) -
     log = MetricsLog(Path(config.out_dir), step=run.step, main=d.main)
     interrupted, tokens_per_second = _run_steps(run, log, progress=progress,
                                                 interrupt_after=interrupt_after)
-    model_dir = None if interrupted else _save_final(run)
+    model_dir = None
+    if not interrupted:
+        # the final checkpoint (in _run_steps) and model first: a failing evaluation loses nothing
+        model_dir = _save_final(run)
+        if run.step > resumed_from:
+            _evaluate(run, log)
+        if d.main:
+            plot_losses(Path(config.out_dir), run.losses, run.val_losses,
+                        title=f"{config.model.family} {config.model.size}")
     log.close()
     return TrainResult(run_dir=Path(config.out_dir), step=run.step, losses=run.losses,
                        val_losses=run.val_losses, tokens_per_second=tokens_per_second,
@@ -206,11 +222,8 @@ def _log_evaluate_checkpoint(run: Run, log: MetricsLog, *, norm: Tensor, lr: flo
                    "tokens": step * run.tokens_per_step, "tokens_per_s": rate})
     if config.eval_every and step % config.eval_every == 0 and step < config.steps:
         _evaluate(run, log)
-    last = step == config.steps
-    if _checkpoint_due(config, step) or last:
-        if last:
-            _evaluate(run, log)
-        save(run, step)
+    if _checkpoint_due(config, step) or step == config.steps:
+        save(run, step)  # the final evaluation comes after the final save (_train)
 
 
 def _should_stop(run: Run, stop: _StopRequest, *, start_step: int,
@@ -229,7 +242,7 @@ def _should_stop(run: Run, stop: _StopRequest, *, start_step: int,
 
 
 def _save_final(run: Run) -> Path | None:
-    """``model/`` (``save_pretrained`` and the tokenizer) and ``loss.png`` on rank 0; the other
+    """``model/`` (``save_pretrained`` and the tokenizer) on rank 0; the other
     ranks take part in gathering the FSDP2 state dict."""
     raw, d = run.par.raw, run.d
     if not d.main:
@@ -239,8 +252,6 @@ def _save_final(run: Run) -> Path | None:
     with quiet_save():
         raw.save_pretrained(model_dir, state_dict=model_state(raw, d))
     run.tokenizer.save(model_dir)
-    plot_losses(Path(run.config.out_dir), run.losses, run.val_losses,
-                title=f"{run.config.model.family} {run.config.model.size}")
     return model_dir
 
 
