@@ -18,7 +18,8 @@ One entry point for one process and for ``torchrun`` (DDP, or FSDP2 with
 Run directory ``train.out_dir``: ``train_config.json``, ``metrics.jsonl``, ``tensorboard/``,
 ``loss.png`` (:mod:`nestlearn.train.metrics`), ``checkpoints/`` (:mod:`nestlearn.train.resume`,
 :mod:`nestlearn.train.checkpoint`) and ``model/`` (final ``save_pretrained`` model and tokenizer).
-Re-running with the same ``out_dir`` resumes from the latest checkpoint.
+Re-running with the same ``out_dir`` resumes from the latest checkpoint. One process writes a run
+folder at a time (``.lock``, :mod:`nestlearn.train.lock`); a second one is refused at once.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from nestlearn.train.build import (
 from nestlearn.train.checkpoint import quiet_save
 from nestlearn.train.config import TrainConfig
 from nestlearn.train.distributed import Dist, model_state, setup_distributed, teardown_distributed
+from nestlearn.train.lock import run_lock
 from nestlearn.train.metrics import MetricsLog, plot_losses, write_run_config
 from nestlearn.train.resume import find_checkpoint, restore, save
 
@@ -92,8 +94,9 @@ def train(
     """
     d = setup_distributed(config)
     try:
-        return _train(config, d, resume=resume, progress=progress and d.main,
-                      interrupt_after=interrupt_after)
+        with run_lock(config.out_dir, d):  # one writer per run folder (rank 0 holds it)
+            return _train(config, d, resume=resume, progress=progress and d.main,
+                          interrupt_after=interrupt_after)
     finally:
         teardown_distributed(d)
 
