@@ -102,7 +102,7 @@ def train(
 
 
 def _train(config: TrainConfig, d: Dist, *, resume, progress, interrupt_after) -> TrainResult:
-    checkpoint = find_checkpoint(config, resume)
+    checkpoint = find_checkpoint(config, resume, main=d.main)
     _check_batch_split(config, d)
     check_model_overrides(config)  # once, and before the (slow) data preparation
     data = prepare_run_data(config, d, progress=progress)
