@@ -125,3 +125,29 @@ def test_the_lock_is_released_on_error(tmp_path, debug_overrides, monkeypatch):
         fcntl.flock(f, fcntl.LOCK_UN)
     assert train(debug_config(debug_overrides, out, "train.steps=1"), progress=False).step == 1
     assert os.path.isfile(out / "model" / "model.safetensors")
+
+
+def test_a_full_disk_while_writing_the_model_is_one_line(tmp_path, debug_overrides, monkeypatch,
+                                                         capsys):
+    import errno
+
+    from transformers import PreTrainedModel
+
+    real = PreTrainedModel.save_pretrained
+
+    def full(self, directory, *args, **kwargs):
+        if os.path.basename(directory) == "model":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, directory, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    out = tmp_path / "run"
+    argv = ["train", "debug_cpu", "--quiet", "--out", str(out), "--steps", "2",
+            "--set", *debug_overrides, "train.eval_every=0"]
+    assert cli.main(argv) == 2
+    err = _one_line_error(capsys)
+    assert f"disk full while writing {out / 'model'}" in err, err
+    assert f"the final checkpoint {out / 'checkpoints' / 'step-00000002'} is intact" in err, err
+    monkeypatch.undo()
+    assert cli.main(argv) == 0  # space freed: the same command writes the model
+    assert (out / "model" / "model.safetensors").is_file()

@@ -36,6 +36,7 @@ from torch import nn
 __all__ = [
     "CHECKPOINT_DIR",
     "DiskFullError",
+    "is_disk_full",
     "latest_checkpoint",
     "missing_files",
     "note",
@@ -141,7 +142,7 @@ def _discard(path: Path) -> None:
     _remove(trash)
 
 
-def _disk_full(err: BaseException) -> bool:
+def is_disk_full(err: BaseException) -> bool:
     if isinstance(err, OSError):
         return err.errno in (errno.ENOSPC, errno.EDQUOT)
     # torch.save reports a short write from C++ as a RuntimeError ("unexpected pos")
@@ -178,7 +179,7 @@ def save_checkpoint(
                tokenizer=tokenizer)
     except Exception as err:
         _remove(tmp)
-        if not _disk_full(err):
+        if not is_disk_full(err):
             raise
         intact = latest_checkpoint(run_dir, note=None)
         kept = (f"the previous checkpoint {intact} is intact" if intact is not None

@@ -42,7 +42,7 @@ from nestlearn.train.build import (
     check_splits,
     prepare_run_data,
 )
-from nestlearn.train.checkpoint import quiet_save
+from nestlearn.train.checkpoint import DiskFullError, is_disk_full, latest_checkpoint, quiet_save
 from nestlearn.train.config import TrainConfig
 from nestlearn.train.distributed import Dist, model_state, setup_distributed, teardown_distributed
 from nestlearn.train.lock import run_lock
@@ -252,9 +252,18 @@ def _save_final(run: Run) -> Path | None:
         model_state(raw, d)
         return None
     model_dir = Path(run.config.out_dir) / "model"
-    with quiet_save():
-        raw.save_pretrained(model_dir, state_dict=model_state(raw, d))
-    run.tokenizer.save(model_dir)
+    weights = model_state(raw, d)
+    try:
+        with quiet_save():
+            raw.save_pretrained(model_dir, state_dict=weights)
+        run.tokenizer.save(model_dir)
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        intact = latest_checkpoint(run.config.out_dir, note=None)
+        raise DiskFullError(f"disk full while writing {model_dir}; the final checkpoint {intact} "
+                            f"is intact; free space and run the same command to write the "
+                            f"model") from None
     return model_dir
 
 
