@@ -74,8 +74,13 @@ def test_final_checkpoint_and_model_survive_a_failing_final_evaluation(
     assert [p.name for p in list_checkpoints(out)] == ["step-00000002"]
     assert (out / "model" / "model.safetensors").is_file()
     monkeypatch.undo()
-    again = train(config, progress=False)  # nothing left to train; the model is rewritten
+    again = train(config, progress=False)  # nothing left to train: model/ and the evaluation
     assert again.resumed_from == 2 and again.step == 2 and not again.interrupted
+    assert [s for s, _ in again.val_losses] == [2]
+    once_more = train(config, progress=False)  # the final evaluation is logged: not repeated
+    assert once_more.val_losses == again.val_losses
+    lines = (out / "metrics.jsonl").read_text().count("val_loss")
+    assert lines == 1
 
 
 _HOLDER = textwrap.dedent("""

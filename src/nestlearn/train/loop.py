@@ -121,7 +121,7 @@ def _train(config: TrainConfig, d: Dist, *, resume, progress, interrupt_after) -
     if not interrupted:
         # the final checkpoint (in _run_steps) and model first: a failing evaluation loses nothing
         model_dir = _save_final(run)
-        if run.step > resumed_from:
+        if run.step > resumed_from or _final_evaluation_missing(run, log):
             _evaluate(run, log)
         if d.main:
             plot_losses(Path(config.out_dir), run.losses, run.val_losses,
@@ -131,6 +131,18 @@ def _train(config: TrainConfig, d: Dist, *, resume, progress, interrupt_after) -
                        val_losses=run.val_losses, tokens_per_second=tokens_per_second,
                        model_dir=model_dir, resumed_from=resumed_from, interrupted=interrupted,
                        rank=d.rank)
+
+
+def _final_evaluation_missing(run: Run, log: MetricsLog) -> bool:
+    """A rerun of a finished run evaluates only if the first one failed before logging its final
+    validation loss (rank 0 reads the log, and takes the logged loss; every rank learns the
+    answer)."""
+    logged = log.logged(run.step, "val_loss")
+    known = bool(run.val_losses) and run.val_losses[-1][0] == run.step  # older checkpoints
+    if logged is not None and not known:
+        run.val_losses.append((run.step, float(logged)))
+    missing = run.d.main and logged is None
+    return bool(run.d.all_reduce(torch.tensor(float(missing), device=run.d.device)).item())
 
 
 def _check_batch_split(config: TrainConfig, d: Dist) -> None:
