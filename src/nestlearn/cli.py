@@ -4,7 +4,8 @@
     nestlearn levels [--family F] [--preset P]     print a model's levels (decision D1)
     nestlearn levels --model DIR                   ... of a saved model
     nestlearn train RECIPE [--family F] [--set section.field=value ...] [--out DIR]
-                                                   train (resumes from DIR's latest checkpoint)
+                                                   train (resumes from DIR's latest checkpoint;
+                                                   --set may be repeated, all of them apply)
     nestlearn eval RUN [--split validation]        perplexity and per-position loss (NL Fig. 10)
     nestlearn eval --suite formal|mad|mqar [--out DIR]
                                                    a synthetic table, every family, 3 seeds
