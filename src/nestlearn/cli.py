@@ -4,7 +4,8 @@
     nestlearn levels [--family F] [--preset P]     print a model's levels (decision D1)
     nestlearn levels --model DIR                   ... of a saved model
     nestlearn train RECIPE [--family F] [--set section.field=value ...] [--out DIR]
-                                                   train (resumes from DIR's latest checkpoint)
+                                                   train (resumes from DIR's latest checkpoint;
+                                                   --set may be repeated, all of them apply)
     nestlearn eval RUN [--split validation]        perplexity and per-position loss (NL Fig. 10)
     nestlearn eval --suite formal|mad|mqar [--out DIR]
                                                    a synthetic table, every family, 3 seeds
@@ -66,11 +67,12 @@ def _cmd_levels(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from nestlearn.train import apply_overrides, get_recipe, train
 
+    _positive("--steps", args.steps)
     config = get_recipe(args.recipe, family=args.family)
     overrides = list(args.set or [])
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
-    if args.steps:
+    if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
     config = apply_overrides(config, overrides)
     result = train(config, resume=args.resume, progress=not args.quiet)
@@ -187,17 +189,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if not args.run:
         raise ValueError("give a RUN directory to evaluate, or --suite formal|mad|mqar")
 
+    _positive("--seq-len", args.seq_len)
+    _positive("--batch-size", args.batch_size)
+    if args.max_batches < 0:
+        raise ValueError(f"--max-batches must be 0 (the whole split) or a positive integer, got "
+                         f"{args.max_batches}")
     from nestlearn.data import prepare_data
     from nestlearn.eval import evaluate
     from nestlearn.train import load_run
 
     config, model, _, weights = load_run(Path(args.run))
-    seq_len = args.seq_len or config.data.seq_len
+    seq_len = args.seq_len if args.seq_len is not None else config.data.seq_len
     data = prepare_data(config.data.sources, tokenizer=config.data.tokenizer,
                         vocab_size=config.data.vocab_size, cache_dir=config.data.cache_dir,
                         progress=not args.quiet)
     result = evaluate(model, data[args.split], seq_len=seq_len,
-                      batch_size=args.batch_size or config.data.batch_size,
+                      batch_size=args.batch_size if args.batch_size is not None
+                      else config.data.batch_size,
                       max_batches=args.max_batches, progress=not args.quiet)
     out = Path(args.out) if args.out else weights / f"eval_{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -261,14 +269,18 @@ class _PrintStreamer:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    import math
+
     import torch
 
     from nestlearn.train import load_run
 
     if args.max_new_tokens <= 0:
         raise ValueError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), got "
+                         f"{args.temperature}")
+    _positive("--top-k", args.top_k)
     _, model, tokenizer, _ = load_run(Path(args.run))
     ids = [tokenizer.eot_id, *tokenizer.encode(args.prompt)]
     torch.manual_seed(args.seed)
@@ -351,8 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="debug_cpu (seconds), tiny (minutes), tiny_stream")
     p.add_argument("--family", default=family, help="transformer, hope, hope_attention, "
                    f"titans, titans_mag (default {family})")
-    p.add_argument("--set", nargs="+", metavar="SECTION.FIELD=VALUE",
-                   help="overrides, e.g. train.steps=20 optim.lr=1e-3 data.seq_len=128")
+    p.add_argument("--set", nargs="+", action="extend", metavar="SECTION.FIELD=VALUE",
+                   help="overrides, e.g. train.steps=20 optim.lr=1e-3 data.seq_len=128 "
+                   "(repeatable: every --set applies)")
     p.add_argument("--out", help="run directory (= train.out_dir)")
     p.add_argument("--steps", type=int, help="optimizer steps (= train.steps)")
     p.add_argument("--resume", default="auto", help="auto (latest checkpoint of the run "
@@ -405,9 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from nestlearn.train.lock import RunLockedError
+
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, RunLockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

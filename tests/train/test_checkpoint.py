@@ -42,7 +42,7 @@ def test_crash_while_writing_leaves_no_partial_checkpoint(tmp_path, model, monke
 def test_loading_never_unpickles_objects(tmp_path, model):
     path = save_checkpoint(tmp_path, step=1, model=model, state={"step": 1}, keep=1)
     torch.save({"evil": _Pickled()}, path / "training_state.pt")
-    with pytest.raises(ValueError, match="corrupt checkpoint .*training_state.pt"):
+    with pytest.raises(ValueError, match="corrupt or untrusted checkpoint .*training_state.pt"):
         load_checkpoint(path)
 
 

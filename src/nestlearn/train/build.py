@@ -18,7 +18,7 @@ from nestlearn.train.optimizer import build_optimizer, build_scheduler
 from nestlearn.train.stream import StreamCaches, check_streamable
 
 __all__ = ["Run", "autocast_for", "build_model", "build_run", "check_model_overrides",
-           "make_sampler", "prepare_run_data"]
+           "check_splits", "make_sampler", "prepare_run_data"]
 
 
 def check_model_overrides(config: TrainConfig) -> None:
@@ -69,6 +69,17 @@ def prepare_run_data(config: TrainConfig, d: Dist, *, progress: bool):
     data = run(progress) if d.main else None
     d.barrier()
     return data if d.main else run(False)
+
+
+def check_splits(config: TrainConfig, data) -> None:
+    """The train and validation splits must each hold a window of ``data.seq_len`` tokens plus
+    its next-token target; checked before the first step, not at the final evaluation."""
+    seq_len = config.data.seq_len
+    for name in ("train", "validation"):
+        n = len(data[name])
+        if n < seq_len + 1:
+            raise ValueError(f"the {name} split has {n} tokens, fewer than data.seq_len={seq_len}"
+                             f" + 1; give more text in data.sources or a smaller data.seq_len")
 
 
 def make_sampler(config: TrainConfig, train_tokens):

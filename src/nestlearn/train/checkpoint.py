@@ -9,16 +9,24 @@ Layout of ``<run>/checkpoints/step-00000020/``::
     meta.json                         {"step": 20, ...}; its presence marks a complete checkpoint
 
 A checkpoint is built in ``.step-00000020.tmp-<pid>`` and renamed into place, so a crash leaves
-either a complete checkpoint or a hidden temporary directory (removed by the next save).
+either a complete checkpoint or a hidden temporary directory. Pruning renames a checkpoint to
+``.step-00000020.old-<pid>`` before deleting it. Each save first removes the hidden folders whose
+writer (the ``<pid>``) is dead or is this process, and ``step-*`` folders without ``meta.json``
+(left by an older version killed while pruning). A full disk is a one-line :class:`DiskFullError`
+naming the checkpoint that is still intact. :func:`latest_checkpoint` skips a checkpoint with a
+missing file (and says so) and returns the newest intact one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +35,11 @@ from torch import nn
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "DiskFullError",
+    "is_disk_full",
     "latest_checkpoint",
+    "missing_files",
+    "note",
     "list_checkpoints",
     "load_checkpoint",
     "save_checkpoint",
@@ -38,6 +50,12 @@ _NAME = re.compile(r"^step-(\d{8})$")
 STATE_FILE = "training_state.pt"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
+CONFIG_FILE = "config.json"
+_LEFTOVER = re.compile(r"^\.step-\d{8}\.(?:tmp|old)-(\d+)$")
+
+
+class DiskFullError(OSError):
+    """No space left while writing a checkpoint (the message says which one is intact)."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -63,9 +81,74 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+def missing_files(path: Path) -> list[str]:
+    """Files of a complete checkpoint that ``path`` lacks."""
+    return [f for f in (META_FILE, CONFIG_FILE, WEIGHTS_FILE, STATE_FILE)
+            if not (path / f).is_file()]
+
+
+def note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike[str], *,
+                      note: Callable[[str], None] | None = note) -> Path | None:
+    """The newest intact checkpoint of a run; each newer one with a missing file is skipped
+    with a one-line ``note`` naming it (None: silently)."""
+    for path in reversed(list_checkpoints(run_dir)):
+        missing = missing_files(path)
+        if not missing:
+            return path
+        if note is not None:
+            note(f"skipping incomplete checkpoint {path} (missing {', '.join(missing)})")
+    return None
+
+
+def _writer_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftover: one writer per run folder (nestlearn.train.lock)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a process of another user
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _clean(root: Path) -> None:
+    """Remove hidden folders of dead writers and ``step-*`` folders without ``meta.json``."""
+    for path in root.iterdir():
+        if m := _LEFTOVER.match(path.name):
+            if not _writer_alive(int(m.group(1))):
+                _remove(path)
+        elif _NAME.match(path.name) and not (path / META_FILE).is_file():
+            _remove(path)
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint: renamed out of ``step-*`` first, so a kill midway leaves a hidden
+    folder of a dead writer, never a half-deleted checkpoint."""
+    trash = path.parent / f".{path.name}.old-{os.getpid()}"
+    path.rename(trash)
+    _fsync_dir(path.parent)
+    _remove(trash)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    # torch.save reports a short write from C++ as a RuntimeError ("unexpected pos")
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("unexpected pos" in text
+                                              or "file write failed" in text)
 
 
 def save_checkpoint(
@@ -87,11 +170,35 @@ def save_checkpoint(
     """
     root = Path(run_dir) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".step-*.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    _clean(root)
     final = root / f"step-{step:08d}"
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     tmp.mkdir()
+    try:
+        _write(tmp, step=step, model=model, state=state, meta=meta, model_state=model_state,
+               tokenizer=tokenizer)
+    except Exception as err:
+        _remove(tmp)
+        if not is_disk_full(err):
+            raise
+        intact = latest_checkpoint(run_dir, note=None)
+        kept = (f"the previous checkpoint {intact} is intact" if intact is not None
+                else "no earlier checkpoint exists")
+        raise DiskFullError(f"disk full while writing checkpoint {final.name} in {root}; "
+                            f"{kept}; free space and run the same command to resume") from None
+    if final.exists():
+        _discard(final)
+    tmp.rename(final)
+    _fsync_dir(root)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        _discard(old)
+    return final
+
+
+def _write(tmp: Path, *, step: int, model: nn.Module, state: dict[str, Any],
+           meta: dict[str, Any] | None, model_state: dict[str, torch.Tensor] | None,
+           tokenizer: Any) -> None:
+    """The files of a checkpoint, ``meta.json`` last, then synced to disk."""
     with quiet_save():
         model.save_pretrained(tmp, state_dict=model_state)
     torch.save(state, tmp / STATE_FILE)
@@ -102,15 +209,6 @@ def save_checkpoint(
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     _fsync_dir(tmp)
-    if final.exists():
-        old = root / f".{final.name}.old-{os.getpid()}"
-        final.rename(old)
-        shutil.rmtree(old)
-    tmp.rename(final)
-    _fsync_dir(root)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old)
-    return final
 
 
 @contextlib.contextmanager
@@ -151,7 +249,19 @@ def load_checkpoint(
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to read the file is a corrupt checkpoint
-        raise ValueError(f"corrupt checkpoint {file}: {_one_line(err)}") from None
+        raise ValueError(f"corrupt or untrusted checkpoint {file}: {_load_failure(err)}; it was "
+                         f"not loaded") from None
+
+
+def _load_failure(err: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, without torch's advice to retry with
+    ``weights_only=False`` (which would unpickle arbitrary code)."""
+    import pickle
+
+    text = _one_line(err)
+    if isinstance(err, pickle.UnpicklingError) or "weights_only" in text.lower().replace(" ", "_"):
+        return "it holds objects other than tensors and plain Python values"
+    return text
 
 
 def load_weights(path: str | os.PathLike[str], model: nn.Module) -> None:

@@ -52,8 +52,22 @@ def _positive(section: str, name: str, value: Any, *, zero: bool = False) -> Non
 
 
 def _real(section: str, name: str, value: Any, *, low: float = 0.0, high: float = math.inf) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ValueError(f"{section}.{name} must be a number in [{low}, {high}], got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or not low <= value <= high):
+        raise ValueError(f"{section}.{name} must be a finite number in [{low}, {high}], got "
+                         f"{value!r}")
+
+
+def _check_finite(key: str, value: Any) -> None:
+    """``1e999`` parses as infinity: refuse it (and NaN) anywhere in an override's value."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_finite(key, v)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(f"{key}.{k}", v)
 
 
 @dataclass
@@ -316,6 +330,7 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
             raise ValueError(f"bad override {item!r}: unknown section {section!r} (train, model, "
                              f"data, optim)")
         value = _parse_value(text.strip())
+        _check_finite(key, value)
         cls = TrainConfig if section == "train" else _SECTIONS[section]
         hints = typing.get_type_hints(cls)
         fields = {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in _SECTIONS}

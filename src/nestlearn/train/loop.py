@@ -18,7 +18,8 @@ One entry point for one process and for ``torchrun`` (DDP, or FSDP2 with
 Run directory ``train.out_dir``: ``train_config.json``, ``metrics.jsonl``, ``tensorboard/``,
 ``loss.png`` (:mod:`nestlearn.train.metrics`), ``checkpoints/`` (:mod:`nestlearn.train.resume`,
 :mod:`nestlearn.train.checkpoint`) and ``model/`` (final ``save_pretrained`` model and tokenizer).
-Re-running with the same ``out_dir`` resumes from the latest checkpoint.
+Re-running with the same ``out_dir`` resumes from the latest checkpoint. One process writes a run
+folder at a time (``.lock``, :mod:`nestlearn.train.lock`); a second one is refused at once.
 """
 
 from __future__ import annotations
@@ -34,10 +35,17 @@ import torch
 from torch import Tensor
 
 from nestlearn.eval.lm import evaluate, token_losses
-from nestlearn.train.build import Run, build_run, check_model_overrides, prepare_run_data
-from nestlearn.train.checkpoint import quiet_save
+from nestlearn.train.build import (
+    Run,
+    build_run,
+    check_model_overrides,
+    check_splits,
+    prepare_run_data,
+)
+from nestlearn.train.checkpoint import DiskFullError, is_disk_full, latest_checkpoint, quiet_save
 from nestlearn.train.config import TrainConfig
 from nestlearn.train.distributed import Dist, model_state, setup_distributed, teardown_distributed
+from nestlearn.train.lock import run_lock
 from nestlearn.train.metrics import MetricsLog, plot_losses, write_run_config
 from nestlearn.train.resume import find_checkpoint, restore, save
 
@@ -86,17 +94,20 @@ def train(
     """
     d = setup_distributed(config)
     try:
-        return _train(config, d, resume=resume, progress=progress and d.main,
-                      interrupt_after=interrupt_after)
+        with run_lock(config.out_dir, d):  # one writer per run folder (rank 0 holds it)
+            return _train(config, d, resume=resume, progress=progress and d.main,
+                          interrupt_after=interrupt_after)
     finally:
         teardown_distributed(d)
 
 
 def _train(config: TrainConfig, d: Dist, *, resume, progress, interrupt_after) -> TrainResult:
-    checkpoint = find_checkpoint(config, resume)
+    checkpoint = find_checkpoint(config, resume, main=d.main)
     _check_batch_split(config, d)
     check_model_overrides(config)  # once, and before the (slow) data preparation
-    run = build_run(config, d, prepare_run_data(config, d, progress=progress))
+    data = prepare_run_data(config, d, progress=progress)
+    check_splits(config, data)  # before the first step, not at the final evaluation
+    run = build_run(config, d, data)
     if checkpoint is not None:
         restore(run, checkpoint)
     resumed_from = run.step
@@ -106,12 +117,32 @@ def _train(config: TrainConfig, d: Dist, *, resume, progress, interrupt_after) -
     log = MetricsLog(Path(config.out_dir), step=run.step, main=d.main)
     interrupted, tokens_per_second = _run_steps(run, log, progress=progress,
                                                 interrupt_after=interrupt_after)
-    model_dir = None if interrupted else _save_final(run)
+    model_dir = None
+    if not interrupted:
+        # the final checkpoint (in _run_steps) and model first: a failing evaluation loses nothing
+        model_dir = _save_final(run)
+        if run.step > resumed_from or _final_evaluation_missing(run, log):
+            _evaluate(run, log)
+        if d.main:
+            plot_losses(Path(config.out_dir), run.losses, run.val_losses,
+                        title=f"{config.model.family} {config.model.size}")
     log.close()
     return TrainResult(run_dir=Path(config.out_dir), step=run.step, losses=run.losses,
                        val_losses=run.val_losses, tokens_per_second=tokens_per_second,
                        model_dir=model_dir, resumed_from=resumed_from, interrupted=interrupted,
                        rank=d.rank)
+
+
+def _final_evaluation_missing(run: Run, log: MetricsLog) -> bool:
+    """A rerun of a finished run evaluates only if the first one failed before logging its final
+    validation loss (rank 0 reads the log, and takes the logged loss; every rank learns the
+    answer)."""
+    logged = log.logged(run.step, "val_loss")
+    known = bool(run.val_losses) and run.val_losses[-1][0] == run.step  # older checkpoints
+    if logged is not None and not known:
+        run.val_losses.append((run.step, float(logged)))
+    missing = run.d.main and logged is None
+    return bool(run.d.all_reduce(torch.tensor(float(missing), device=run.d.device)).item())
 
 
 def _check_batch_split(config: TrainConfig, d: Dist) -> None:
@@ -206,11 +237,8 @@ def _log_evaluate_checkpoint(run: Run, log: MetricsLog, *, norm: Tensor, lr: flo
                    "tokens": step * run.tokens_per_step, "tokens_per_s": rate})
     if config.eval_every and step % config.eval_every == 0 and step < config.steps:
         _evaluate(run, log)
-    last = step == config.steps
-    if _checkpoint_due(config, step) or last:
-        if last:
-            _evaluate(run, log)
-        save(run, step)
+    if _checkpoint_due(config, step) or step == config.steps:
+        save(run, step)  # the final evaluation comes after the final save (_train)
 
 
 def _should_stop(run: Run, stop: _StopRequest, *, start_step: int,
@@ -229,18 +257,25 @@ def _should_stop(run: Run, stop: _StopRequest, *, start_step: int,
 
 
 def _save_final(run: Run) -> Path | None:
-    """``model/`` (``save_pretrained`` and the tokenizer) and ``loss.png`` on rank 0; the other
+    """``model/`` (``save_pretrained`` and the tokenizer) on rank 0; the other
     ranks take part in gathering the FSDP2 state dict."""
     raw, d = run.par.raw, run.d
     if not d.main:
         model_state(raw, d)
         return None
     model_dir = Path(run.config.out_dir) / "model"
-    with quiet_save():
-        raw.save_pretrained(model_dir, state_dict=model_state(raw, d))
-    run.tokenizer.save(model_dir)
-    plot_losses(Path(run.config.out_dir), run.losses, run.val_losses,
-                title=f"{run.config.model.family} {run.config.model.size}")
+    weights = model_state(raw, d)
+    try:
+        with quiet_save():
+            raw.save_pretrained(model_dir, state_dict=weights)
+        run.tokenizer.save(model_dir)
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        intact = latest_checkpoint(run.config.out_dir, note=None)
+        raise DiskFullError(f"disk full while writing {model_dir}; the final checkpoint {intact} "
+                            f"is intact; free space and run the same command to write the "
+                            f"model") from None
     return model_dir
 
 

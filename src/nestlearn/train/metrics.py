@@ -66,6 +66,20 @@ class MetricsLog:
                 if k != "step" and isinstance(v, (int, float)):
                     self._writer.add_scalar(k, v, record["step"])
 
+    def logged(self, step: int, key: str) -> Any:
+        """The value of ``key`` logged at ``step`` in ``metrics.jsonl``, or None (always None off
+        rank 0)."""
+        if self._log is None:
+            return None
+        for line in Path(self._log.name).read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step") == step and key in record:
+                return record[key]
+        return None
+
     def close(self) -> None:
         if self._log is not None:
             self._log.close()

@@ -13,7 +13,14 @@ from pathlib import Path
 import torch
 
 from nestlearn.train.build import Run
-from nestlearn.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from nestlearn.train.checkpoint import (
+    CHECKPOINT_DIR,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    note,
+    save_checkpoint,
+)
 from nestlearn.train.config import TrainConfig, config_to_dict
 from nestlearn.train.distributed import (
     full,
@@ -28,20 +35,24 @@ from nestlearn.train.metrics import RUN_CONFIG, git_sha
 __all__ = ["find_checkpoint", "restore", "save"]
 
 
-def find_checkpoint(config: TrainConfig, resume: str) -> Path | None:
+def find_checkpoint(config: TrainConfig, resume: str, *, main: bool = True) -> Path | None:
     """The checkpoint to resume from (``resume``: ``"auto"``, ``"never"`` or a checkpoint path),
-    or None for a fresh start; a changed config is a ``ValueError``."""
+    or None for a fresh start; a changed config is a ``ValueError``. ``"auto"`` takes the newest
+    intact checkpoint (each newer incomplete one is named in a note, by rank 0)."""
     run_dir = Path(config.out_dir)
     checkpoint = None
     if resume not in ("auto", "never"):
         checkpoint = Path(resume)
         if not checkpoint.is_dir():
             raise FileNotFoundError(f"no checkpoint directory {checkpoint}")
-    elif latest_checkpoint(run_dir) is not None:
+    elif list_checkpoints(run_dir):
         if resume == "never":
             raise ValueError(f"{run_dir} already holds checkpoints; resume or use a new "
                              f"train.out_dir")
-        checkpoint = latest_checkpoint(run_dir)
+        checkpoint = latest_checkpoint(run_dir, note=note if main else None)
+        if checkpoint is None:
+            raise ValueError(f"no intact checkpoint in {run_dir / CHECKPOINT_DIR} (every one "
+                             f"misses a file); use a new train.out_dir")
     if checkpoint is not None:
         _check_same_config(run_dir, config)
     return checkpoint
