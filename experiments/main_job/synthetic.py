@@ -1,8 +1,8 @@
 """The main job's synthetic panel: one task of the evaluation suite, every family, a few seeds.
 
 The panel trains the ``task`` preset of each family from scratch on one generated task with the
-task runner (``nestlearn task`` processes in parallel lanes sharing ``<out>/synthetic/<task>``;
-finished cells are reused by a rerun)
+task runner (one ``nestlearn task`` process per lane, all sharing ``<out>/synthetic/<task>`` and
+splitting its cells by the runner's cell claims; finished cells are reused by a rerun)
 and adds a table to the report: accuracy per test set (mean ± std over seeds), the reading
 computed from it by :func:`nestlearn.eval.suites.reading`, and the paper's number for the same
 cells in a separate column where the paper gives one.
@@ -19,16 +19,16 @@ __all__ = ["panel_lanes", "panel_lines", "panel_summary", "run_panel"]
 
 
 def panel_lanes(families: tuple[str, ...], lanes: int) -> list[list[str]]:
-    """Families per process: HOPE (the slowest per step) alone in the first lane, the others
-    in the remaining lanes in turn (one lane: all of them)."""
-    slow = [f for f in families if f == "hope"]
-    rest = [f for f in families if f != "hope"]
-    if lanes < 2 or not slow or not rest:
-        return [list(families)]
-    groups: list[list[str]] = [slow] + [[] for _ in range(lanes - 1)]
-    for i, family in enumerate(rest):
-        groups[1 + i % (lanes - 1)].append(family)
-    return [g for g in groups if g]
+    """The family order of each lane's process. Every lane runs every cell it can claim (the
+    runner's cell claims split the work), HOPE (the slowest per step) first in lane 0 and last
+    in the others, whose other families are rotated so each starts at a different one."""
+    first = "hope" if "hope" in families else families[0]
+    rest = [f for f in families if f != first]
+    out = [[first, *rest]]
+    for i in range(1, max(1, lanes)):
+        k = (i - 1) % len(rest) if rest else 0
+        out.append([*rest[k:], *rest[:k], first])
+    return out
 
 
 def run_panel(job: MainJob, *, progress: bool) -> dict[str, Any] | None:

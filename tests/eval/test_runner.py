@@ -348,3 +348,30 @@ def test_schedule_warms_up_then_decays_to_a_tenth():
     values = [factor(s) for s in range(10, 100)]
     assert all(a >= b for a, b in zip(values, values[1:]))
     assert factor(100) == pytest.approx(0.1) and values[-1] > 0.1
+
+
+def test_cells_claimed_by_a_live_process_are_left_to_it(tmp_path, monkeypatch):
+    """N processes with one command split the cells: a cell claimed by a live process is
+    skipped; a claim whose process is dead is taken over."""
+    import subprocess
+    import sys
+
+    calls = []
+    monkeypatch.setattr(runner, "train_cell", _fake_cell(calls))
+    (tmp_path / "cells").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        (tmp_path / "cells" / "transformer-seed0.claim").write_text(str(holder.pid))
+        (tmp_path / "cells" / "transformer-seed1.claim").write_text(str(dead.pid))
+        results = run_task("aa_star", ["transformer"], 2, tmp_path, budget=TINY, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert calls == [("transformer", 1)]
+    assert [c["seed"] for c in results["cells"]] == [1]
+    assert (tmp_path / "cells" / "transformer-seed0.claim").exists()  # still the holder's
+    assert not (tmp_path / "cells" / "transformer-seed1.claim").exists()  # released
+    run_task("aa_star", ["transformer"], 2, tmp_path, budget=TINY, progress=False)
+    assert calls == [("transformer", 1), ("transformer", 0)]  # the holder died: taken over

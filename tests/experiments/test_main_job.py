@@ -253,13 +253,16 @@ def test_context_curve_is_averaged_over_log_spaced_bins():
     assert abs(ys[-1] - curve[-1]) < 40 and min(ys) == 1.0
 
 
-def test_panel_lanes_put_hope_alone():
-    assert panel_lanes(("hope", "transformer", "titans"), 2) == [
-        ["hope"], ["transformer", "titans"]]
-    assert panel_lanes(("transformer", "hope", "titans"), 3) == [["hope"], ["transformer"],
-                                                                 ["titans"]]
+def test_panel_lanes_start_hope_in_one_lane_and_end_with_it_in_the_others():
+    assert panel_lanes(("transformer", "hope", "titans"), 2) == [
+        ["hope", "transformer", "titans"], ["transformer", "titans", "hope"]]
+    assert panel_lanes(("transformer", "hope", "titans"), 3) == [
+        ["hope", "transformer", "titans"], ["transformer", "titans", "hope"],
+        ["titans", "transformer", "hope"]]
     assert panel_lanes(("hope", "transformer"), 1) == [["hope", "transformer"]]
-    assert panel_lanes(("transformer", "titans"), 2) == [["transformer", "titans"]]
+    assert panel_lanes(("transformer", "titans"), 2) == [
+        ["transformer", "titans"], ["titans", "transformer"]]
+    assert panel_lanes(("hope",), 2) == [["hope"], ["hope"]]
 
 
 def test_the_time_limit_stops_trainings_not_evaluations(tmp_path):

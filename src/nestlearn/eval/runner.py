@@ -24,8 +24,8 @@ What a cell does (all of it seeded by the run seed, so a cell is reproducible):
   metric; equal to ``accuracy`` for classification).
 
 Resuming: every finished cell is written atomically to ``out/cells/``, and a rerun with the same
-``out`` skips the cells there (several processes may share ``out`` for different families or
-seeds). The unit of resumption is a cell (at the default budgets a cell
+``out`` skips the cells there. Processes claim cells, so N processes started with one command
+on one machine split the work. The unit of resumption is a cell (at the default budgets a cell
 is seconds to a few minutes), not a step: an interrupted cell is trained again from its start,
 which gives the same result since everything in it is seeded. A rerun with a different task or
 budget is refused rather than mixed into the same table.
@@ -320,6 +320,40 @@ def _cells(out: Path, order: Sequence[str]) -> list[dict[str, Any]]:
     return sorted(cells, key=lambda c: (rank.get(c["family"], len(rank)), c["family"], c["seed"]))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(out: Path, family: str, seed: int) -> bool:
+    """Take cell (family, seed) for this process: ``cells/<cell>.claim`` created exclusively,
+    holding the PID. False when a live process holds it; a dead holder's claim is taken over.
+    (PIDs are per host: processes sharing ``out`` must run on one machine.)"""
+    path = out / "cells" / f"{family}-seed{seed}.claim"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text() or 0)
+                age = time.time() - path.stat().st_mtime
+            except (OSError, ValueError):
+                continue
+            if (pid and _alive(pid)) or (not pid and age < 60):
+                return False  # held, or just created and its PID not written yet
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
 def _finished(out: Path, family: str, seed: int, config: dict[str, Any]) -> bool:
     path = _cell_path(out, family, seed)
     if not path.is_file():
@@ -342,9 +376,11 @@ def run_task(task: str | TaskData, families: Sequence[str], seeds: int | Sequenc
 
     Each finished cell is a file ``out/cells/<family>-seed<s>.json`` (written atomically, with
     the model config it was trained with), and ``results.json`` is rebuilt from all of them
-    after every cell. So a rerun skips finished cells, and several processes may share ``out``
-    when they run different families or seeds (each process's last rewrite holds every cell
-    finished by then)."""
+    after every cell. So a rerun skips finished cells, and several processes on one machine may
+    share ``out``, even with the same families and seeds: a process claims a cell before
+    training it (``<cell>.claim``, holding its PID) and skips cells claimed by a live process,
+    so N processes started with the same command split the cells between them (the last one to
+    finish writes the complete ``results.json``)."""
     from nestlearn.eval.plots import plot_task
 
     families = list(families)
@@ -377,9 +413,14 @@ def run_task(task: str | TaskData, families: Sequence[str], seeds: int | Sequenc
     from tqdm.auto import tqdm
 
     for family, seed in tqdm(todo, desc=f"{name} cells", unit="cell", disable=not progress):
-        cell = train_cell(family, data_of(seed), budget, seed, overrides=overrides,
-                          progress=progress)
-        _write_json(_cell_path(out, family, seed), {**cell, "config": configs[family]})
+        if _finished(out, family, seed, configs[family]) or not _claim(out, family, seed):
+            continue  # another process sharing ``out`` did it or is doing it
+        try:
+            cell = train_cell(family, data_of(seed), budget, seed, overrides=overrides,
+                              progress=progress)
+            _write_json(_cell_path(out, family, seed), {**cell, "config": configs[family]})
+        finally:
+            (out / "cells" / f"{family}-seed{seed}.claim").unlink(missing_ok=True)
         _write_json(out / "results.json", _results(out, header, command, families))
     results = _results(out, header, command, families)
     _write_json(out / "results.json", results)
