@@ -83,10 +83,10 @@ def test_reading_names_the_best_family_and_the_spread(parity_suite):
     summary, _, _ = parity_suite
     lines = reading(summary)
     # bin0: 90 vs 60, a lead of 30 > 10 + 10; bin1: 60 vs 55, 5 < 20.
-    assert lines[0] == ("- parity/bin0: best hope (90.0%), ahead by more than the spread "
-                        "(runner-up transformer, 60.0%).")
-    assert lines[1] == ("- parity/bin1: best hope (60.0%), within the spread of transformer "
-                        "(runner-up transformer, 55.0%).")
+    assert lines[0] == ("- parity/bin0: best hope (90.0%); runner-up transformer (60.0%): "
+                        "ahead by more than the spread.")
+    assert lines[1] == ("- parity/bin1: best hope (60.0%); runner-up transformer (55.0%): "
+                        "within the spread.")
     assert lines[2] == ("- HOPE reaches >= 99% on 0 of 2 columns; a HOPE variant leads beyond "
                         "the spread on 1.")
 
@@ -97,14 +97,14 @@ def test_reading_follows_the_numbers():
                           "titans": {"t/x": (0.999, 0.005, 3)},
                           "transformer": {"t/x": (0.2, 0.3, 3)}}}
     assert reading(summary) == [
-        "- t/x: best titans (99.9%), within the spread of hope (runner-up hope, 99.5%).",
+        "- t/x: best titans (99.9%); runner-up hope (99.5%): within the spread.",
         "- HOPE reaches >= 99% on 1 of 1 columns; a HOPE variant leads beyond the spread on 0."]
     summary["values"]["titans"]["t/x"] = (0.98, 0.001, 3)
-    assert reading(summary)[0] == ("- t/x: best hope (99.5%), ahead by more than the spread "
-                                   "(runner-up titans, 98.0%).")
+    assert reading(summary)[0] == ("- t/x: best hope (99.5%); runner-up titans (98.0%): ahead "
+                                   "by more than the spread.")
     summary["values"]["titans"]["t/x"] = (0.98, 0.0, 1)  # one seed of titans: no spread
-    assert reading(summary)[0] == ("- t/x: best hope (99.5%), one seed: no spread to judge the "
-                                   "lead by (runner-up titans, 98.0%).")
+    assert reading(summary)[0] == ("- t/x: best hope (99.5%); runner-up titans (98.0%): one "
+                                   "seed: no spread to judge the lead by.")
     summary["families"] = ["transformer"]
     assert reading(summary) == []  # one family: nothing to compare
 

@@ -130,10 +130,9 @@ def reading(summary: dict[str, Any]) -> list[str]:
         clear = margin > best_v[1] + second_v[1] and not one_seed
         leads += best.startswith("hope") and clear
         verdict = ("one seed: no spread to judge the lead by" if one_seed else
-                   "ahead by more than the spread" if clear else
-                   f"within the spread of {second}")
-        lines.append(f"- {column}: best {best} ({100 * best_v[0]:.1f}%), {verdict} "
-                     f"(runner-up {second}, {100 * second_v[0]:.1f}%).")
+                   "ahead by more than the spread" if clear else "within the spread")
+        lines.append(f"- {column}: best {best} ({100 * best_v[0]:.1f}%); runner-up {second} "
+                     f"({100 * second_v[0]:.1f}%): {verdict}.")
     if "hope" in summary["families"]:
         hope = summary["values"]["hope"]
         solved = sum(hope[c][0] >= 0.99 for c in summary["columns"])
