@@ -296,10 +296,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _benchmarks_dir() -> Path:
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (base / "benchmarks").is_dir():
-            return base / "benchmarks"
-    raise FileNotFoundError("no benchmarks/ directory here or in the nestlearn checkout")
+    """The checkout's own ``benchmarks/`` (never the current directory's: running whatever
+    ``./benchmarks/*.py`` holds would execute a stranger's code)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks"
+    if not path.is_dir():
+        raise FileNotFoundError(f"no benchmarks/ beside this nestlearn ({path}): the benchmarks "
+                                "ship with a checkout of the repository, not with the package")
+    return path
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

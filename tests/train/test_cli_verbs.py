@@ -105,3 +105,12 @@ def test_metrics_are_written_for_tensorboard(trained_run):
     for step, loss in logged.items():
         assert abs(board[step] - loss) <= 1e-6 * abs(loss)
     assert "val_loss" in events.Tags()["scalars"]
+
+
+def test_bench_ignores_the_current_directorys_benchmarks(tmp_path, monkeypatch, capsys):
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "stranger.py").write_text("raise SystemExit('ran')\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "--list"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert "stranger" not in listed and "models" in listed
