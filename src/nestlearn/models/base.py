@@ -124,6 +124,24 @@ class NestlearnPreTrainedModel(PreTrainedModel):
         return True
 
 
+def check_input_ids(input_ids: Any, vocab_size: int) -> None:
+    """``input_ids`` is an integer tensor ``[batch, tokens]`` with at least one token and every
+    id in ``[0, vocab_size)``; ``ValueError``/``TypeError`` saying which part is wrong."""
+    if not isinstance(input_ids, Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex \
+            or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must be an integer tensor (torch.long), got {input_ids.dtype}")
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError("input_ids must be 2-D [batch, tokens] with at least one token, got "
+                         f"shape {tuple(input_ids.shape)}")
+    if input_ids.numel():
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"input_ids must be token ids in [0, {vocab_size - 1}] (the "
+                             f"vocabulary), got values from {low} to {high}")
+
+
 class DecoderModelMixin:
     """``forward`` of the base model: ``embed_tokens`` -> ``layers`` (blocks) -> ``norm``.
 
@@ -158,6 +176,7 @@ class DecoderModelMixin:
         return_dict = self.config.return_dict if return_dict is None else return_dict
 
         if inputs_embeds is None:
+            check_input_ids(input_ids, self.config.vocab_size)
             inputs_embeds = self.embed_tokens(input_ids)  # [B, T, D]
         T = inputs_embeds.shape[1]
         attention_mask = _new_tokens_mask(attention_mask, T)
