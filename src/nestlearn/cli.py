@@ -2,7 +2,7 @@
 
     nestlearn demo [--out DIR]                     the memory-core demonstration
     nestlearn levels [--family F] [--preset P]     print a model's levels (decision D1)
-    nestlearn levels --model DIR                   ... of a saved model
+    nestlearn levels --model RUN                   ... of a trained run or saved model
     nestlearn train RECIPE [--family F] [--set section.field=value ...] [--out DIR]
                                                    train (resumes from DIR's latest checkpoint;
                                                    --set may be repeated, all of them apply)
@@ -48,9 +48,12 @@ def _cmd_levels(args: argparse.Namespace) -> int:
         from transformers import AutoModelForCausalLM
 
         path = Path(args.model)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"no saved model (config.json) in {path}")
-        model = AutoModelForCausalLM.from_pretrained(path)
+        if (path / "config.json").is_file():  # a save_pretrained directory
+            model = AutoModelForCausalLM.from_pretrained(path)
+        else:  # a run directory or one of its checkpoints, as eval and generate take
+            from nestlearn.train import load_run
+
+            model = load_run(path)[1]
     else:
         if args.family not in FAMILIES:
             raise ValueError(f"--family must be one of {list(FAMILIES)}, got {args.family!r}")
@@ -359,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default=family, help="transformer, hope, hope_attention, "
                    f"titans, titans_mag (default {family})")
     p.add_argument("--preset", default=size, help=f"tiny, 340M, 760M, 1.3B (default {size})")
-    p.add_argument("--model", help="a directory written by save_pretrained (overrides --family)")
+    p.add_argument("--model", help="a run directory, one of its checkpoints or a directory "
+                   "written by save_pretrained (overrides --family)")
     p.set_defaults(func=_cmd_levels)
 
     p = sub.add_parser("train", help="train a model from a recipe (resumes a run directory)")

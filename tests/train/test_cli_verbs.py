@@ -114,3 +114,9 @@ def test_bench_ignores_the_current_directorys_benchmarks(tmp_path, monkeypatch, 
     assert cli.main(["bench", "--list"]) == 0
     listed = capsys.readouterr().out.split()
     assert "stranger" not in listed and "models" in listed
+
+
+def test_levels_takes_a_run_directory_like_eval(trained_run, capsys):
+    for path in (trained_run, trained_run / "model"):
+        assert cli.main(["levels", "--model", str(path)]) == 0
+        assert "pre-training (outer loop)" in capsys.readouterr().out
