@@ -171,7 +171,7 @@ def diverged_message(log: Path) -> str | None:
     """The loop's non-finite-loss message in a training log (the run stopped there), if any."""
     lines = [ln for ln in log.read_text(errors="replace").splitlines()
              if "FloatingPointError: training loss is" in ln]
-    return lines[-1].split("FloatingPointError: ", 1)[1].strip() if lines else None
+    return lines[-1].split("FloatingPointError: ", 1)[1].split(";")[0].strip() if lines else None
 
 
 def tail(path: Path, lines: int = 15) -> str:

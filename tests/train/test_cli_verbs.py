@@ -120,3 +120,12 @@ def test_levels_takes_a_run_directory_like_eval(trained_run, capsys):
     for path in (trained_run, trained_run / "model"):
         assert cli.main(["levels", "--model", str(path)]) == 0
         assert "pre-training (outer loop)" in capsys.readouterr().out
+
+
+def test_a_diverging_training_is_a_one_line_error(tmp_path, debug_overrides, capsys):
+    code = cli.main(["train", "debug_cpu", "--quiet", "--out", str(tmp_path / "run"),
+                     "--steps", "3", "--set", *debug_overrides, "optim.eps=0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "\n" not in err
+    assert err.startswith("error: FloatingPointError: training loss is nan at step")
+    assert "Traceback" not in err
