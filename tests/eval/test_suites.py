@@ -153,3 +153,19 @@ def test_suites_use_the_papers_metrics_and_tasks():
     assert all(c.split("/")[0] in SUITES["mad"].tasks
                for row in SUITES["mad"].paper.values() for c in row)
     assert SUITES["mad"].paper["hope"]["mad_memorization/test"] == 85.2
+
+
+def test_a_family_without_finished_cells_is_a_dash(tmp_path, monkeypatch):
+    """Processes sharing an --out: one may write the table while another still holds a
+    family's only cells; that family is shown as '—' and left out of the reading."""
+    fake = _fake_run_task(PARITY, [])
+
+    def only_transformer(task, families, seeds, out, **kwargs):
+        return fake(task, ["transformer"], seeds, out, **kwargs)
+    monkeypatch.setattr(suites, "run_task", only_transformer)
+    monkeypatch.setattr(suites, "budget_for", lambda task: TINY)
+    summary = run_suite("formal", tmp_path, ["hope", "transformer"], seeds=3, tasks=["parity"],
+                        progress=False)
+    assert summary["values"]["hope"]["parity/bin0"][2] == 0
+    assert "| hope | — | — |" in (tmp_path / "table.md").read_text()
+    assert not any(line.startswith("- parity") for line in reading(summary))

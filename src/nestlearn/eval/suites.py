@@ -18,6 +18,7 @@ of the MAD paper and of MQAR); the exact match of whole answers is in each task'
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -103,8 +104,9 @@ def summarize_suite(name: str, suite: Suite, per_task: dict[str, dict], families
         budgets[task] = results["budget"]
         for test in results["test_instances"]:
             columns.append(f"{task}/{test}")
-            for family in families:
-                values[family][f"{task}/{test}"] = table[family][test]
+            for family in families:  # a family with no finished cell yet: (nan, nan, 0)
+                values[family][f"{task}/{test}"] = table.get(family, {}).get(
+                    test, (math.nan, math.nan, 0))
         for cell in results["cells"]:
             if cell["family"] in cost:
                 cost[cell["family"]] += cell["train_seconds"] + cell["eval_seconds"]
@@ -120,10 +122,11 @@ def reading(summary: dict[str, Any]) -> list[str]:
     over the runner-up exceeds their combined spread, and how often HOPE leads."""
     lines, leads = [], 0
     for column in summary["columns"]:
-        ranked = sorted(summary["families"], key=lambda f: -summary["values"][f][column][0])
-        best, best_v = ranked[0], summary["values"][ranked[0]][column]
-        if len(ranked) == 1:
+        ranked = sorted((f for f in summary["families"] if summary["values"][f][column][2]),
+                        key=lambda f: -summary["values"][f][column][0])
+        if len(ranked) < 2:
             continue
+        best, best_v = ranked[0], summary["values"][ranked[0]][column]
         second, second_v = ranked[1], summary["values"][ranked[1]][column]
         margin = best_v[0] - second_v[0]
         one_seed = min(best_v[2], second_v[2]) < 2
@@ -147,7 +150,7 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = [f"# Suite {summary['suite']}: {metric} (%), mean ± std over {summary['seeds']} seeds",
              "", "| family | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for family in summary["families"]:
-        cells = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s, _ in
+        cells = [f"{100 * m:.1f} ± {100 * s:.1f}" if n else "—" for m, s, n in
                  (summary["values"][family][c] for c in cols)]
         lines.append(f"| {family} | " + " | ".join(cells) + " |")
     lines += ["", "## Reading (computed from the table above)", "", *reading(summary), "",
