@@ -62,7 +62,8 @@ SUITES: dict[str, Suite] = {
     "mad": Suite(("mad_icr", "mad_fuzzy_icr", "mad_noisy_icr", "mad_selective_copy",
                   "mad_compression", "mad_memorization"), "token_accuracy", "NL Table 4",
                  _mad_paper()),
-    "mqar": Suite(("mqar_8", "mqar_16", "mqar_32"), "token_accuracy", "none (no MQAR table)"),
+    "mqar": Suite(("mqar_8", "mqar_16", "mqar_32"), "token_accuracy",
+                  "the NL paper has no MQAR table"),
 }
 PAPER = {name: suite.paper for name, suite in SUITES.items()}
 
