@@ -433,9 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except FloatingPointError as err:  # the loss diverged: not a usage error, exit 1
-        print(f"error: FloatingPointError: {err}; checkpoints written before it are intact "
-              "(lower optim.lr or raise optim.warmup_steps, then use a new train.out_dir)",
-              file=sys.stderr)
+        hint = ("; checkpoints written before it are intact (lower optim.lr or raise "
+                "optim.warmup_steps, then use a new train.out_dir)"
+                if args.command == "train" else "")
+        print(f"error: FloatingPointError: {err}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
