@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nestlearn.eval.runner import TaskBudget, budget_for, run_task, summarize, with_steps
+from nestlearn.eval.runner import budget_for, run_task, summarize, with_steps
 from nestlearn.eval.tasks import FORMAL_TASKS
 
-__all__ = ["PAPER", "SUITES", "Suite", "format_table", "reading", "run_suite", "summarize_suite"]
+__all__ = ["SUITES", "Suite", "format_table", "reading", "run_suite", "summarize_suite"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,6 @@ SUITES: dict[str, Suite] = {
     "mqar": Suite(("mqar_8", "mqar_16", "mqar_32"), "token_accuracy",
                   "the NL paper has no MQAR table"),
 }
-PAPER = {name: suite.paper for name, suite in SUITES.items()}
 
 
 def run_suite(name: str, out: str | os.PathLike, families: Sequence[str], *, seeds: int = 3,
@@ -204,7 +203,3 @@ def plot_suite(summary: dict[str, Any], path: str | Path) -> Path:
     plt.close(fig)
     return path
 
-
-def default_budget(name: str) -> dict[str, TaskBudget]:
-    """The default budget of each task of suite ``name``."""
-    return {task: budget_for(task) for task in SUITES[name].tasks}
